@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs the Debian packages agi-xmpp's `make run` and `make test` need, only when missing.
+# prosody: the XMPP server `make run` starts when none is configured, and the tests' server.
+# debootstrap: builds the Asterisk 22 lab for the end-to-end tests (tests/e2e/build_lab.sh).
+# openssl: certificates for the local Prosody. espeak-ng, sox: regenerate sounds/ (make sounds).
+set -euo pipefail
+want=(prosody debootstrap openssl)
+[ "${1:-}" = "--sounds" ] && want+=(espeak-ng sox)
+missing=()
+for pkg in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian's package may try to start a system Prosody; agi-xmpp runs its own instances.
+if command -v prosodyctl >/dev/null && pgrep -f '/usr/bin/prosody' >/dev/null 2>&1; then
+  $SUDO prosodyctl stop >/dev/null 2>&1 || true
+fi
