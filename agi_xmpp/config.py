@@ -1,0 +1,1023 @@
+"""Read ``agi_xmpp.conf`` (and res_xmpp's ``xmpp.conf``) into frozen dataclasses.
+
+The files are in Asterisk's own ``.conf`` dialect. pyst2's ``asterisk.config`` splits lines into
+``[sections]`` and ``name = value`` items; this module adds what Asterisk's ``main/config.c`` does
+and pyst2 does not: ``;-- --;`` block comments, ``\\;`` escapes, ``#include``/``#tryinclude``,
+templates ``[name](!)``, inheritance ``[name](base)``, ``[name](+)``, ``+=``, and errors that name
+the file and line. See docs/configuration.md for every key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import NamedTuple, TypeVar
+
+import asterisk.config as pyst2
+
+from .errors import ConfigError, DirectoryError, InvalidJid, UnknownAccount
+from .jid import parse_jid
+
+DEFAULT_CONFIG_PATH = "/etc/asterisk/agi_xmpp.conf"
+DEFAULT_STATE_DIR = "/var/lib/agi-xmpp"
+RESERVED_SECTIONS = frozenset({"general", "ami", "directory"})
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
+
+class BindAddress(NamedTuple):
+    """A listening address: ``host, port = bind`` works, and ``str()`` gives ``[::1]:4573``."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name other than localhost may resolve anywhere
+
+
+DEFAULT_AGI_BIND = BindAddress("127.0.0.1", 4573)
+DEFAULT_HTTP_BIND = BindAddress("127.0.0.1", 4580)
+DEFAULT_AGI_ALLOW: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneralConfig:
+    """The ``[general]`` section."""
+
+    agi_bind: BindAddress = DEFAULT_AGI_BIND
+    agi_allow: tuple[IPNetwork, ...] = DEFAULT_AGI_ALLOW
+    http_bind: BindAddress = DEFAULT_HTTP_BIND
+    http_token: str | None = field(default=None, repr=False)
+    state_dir: str = DEFAULT_STATE_DIR
+    database: str = field(default="", repr=False)  # "" → SQLite file in state_dir
+    log_format: str = "console"
+    log_level: str = "info"
+    default_account: str | None = None
+    max_receive_timeout: int = 3600
+    outbox_ttl: int = 3600
+    max_message_bytes: int = 65536
+    xmpp_conf: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.database:
+            url = f"sqlite:///{os.path.join(self.state_dir, 'agi-xmpp.sqlite3')}"
+            object.__setattr__(self, "database", url)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AccountConfig:
+    """One XMPP account: a client section of our file or of res_xmpp's xmpp.conf."""
+
+    name: str  # the section name, lower-cased
+    username: str  # JID as written, may carry /resource
+    secret: str = field(repr=False)
+    serverhost: str | None = None  # None: DNS SRV from the JID's domain
+    port: int = 5222
+    priority: int = 1
+    status: str = "available"  # chat, available, away, xa, dnd
+    statusmessage: str = "Online and Available"
+    usetls: bool = True
+    usesasl: bool = True
+    forceoldssl: bool = False  # direct TLS from the first byte (port 5223 style)
+    buddies: tuple[str, ...] = ()
+    autoregister: bool = True
+    autoprune: bool = False
+    auth_policy: str = "accept"  # accept / deny subscription requests
+    timeout: int = 5  # seconds an incoming message stays buffered for jabber_receive
+    keepalive: bool = True
+    tls_verify: bool = True
+    cafile: str | None = None
+    resource: str = ""  # "" → resource of username, else "asterisk"
+
+    def __post_init__(self) -> None:
+        if not self.resource:
+            _, _, resource = self.username.partition("/")
+            object.__setattr__(self, "resource", resource or "asterisk")
+
+    @property
+    def bare_jid(self) -> str:
+        return self.username.partition("/")[0]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AmiConfig:
+    """The ``[ami]`` section: how to reach Asterisk's manager interface."""
+
+    username: str
+    secret: str = field(repr=False)
+    host: str = "127.0.0.1"
+    port: int = 5038
+    originate_context: str = "from-internal"
+    presence_to_hints: bool = False
+    voicemail_spool: str = "/var/spool/asterisk/voicemail"
+    voicemail_upload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryEntry:
+    """An extension and the chat user behind it."""
+
+    extension: str
+    jid: str
+    device: str = ""  # "" → PJSIP/<extension>
+    mailbox: str | None = None  # EXT@CONTEXT
+
+    def __post_init__(self) -> None:
+        if not self.device:
+            object.__setattr__(self, "device", f"PJSIP/{self.extension}")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the service was configured with; each component takes its own part."""
+
+    path: str | None
+    general: GeneralConfig
+    accounts: Mapping[str, AccountConfig]
+    ami: AmiConfig | None = None
+    directory: tuple[DirectoryEntry, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        accounts = MappingProxyType({k.lower(): v for k, v in self.accounts.items()})
+        object.__setattr__(self, "accounts", accounts)
+        object.__setattr__(self, "directory", tuple(self.directory))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
+
+    def account(self, name: str) -> AccountConfig:
+        """The account named ``name`` (any case); empty means ``default_account``."""
+        key = (name or "").strip().lower()
+        if not key:
+            if self.general.default_account:
+                key = self.general.default_account
+            elif len(self.accounts) == 1:
+                return next(iter(self.accounts.values()))
+            else:
+                raise UnknownAccount("no account given and no default_account is configured")
+        try:
+            return self.accounts[key]
+        except KeyError:
+            raise UnknownAccount(f"unknown account '{name.strip() or key}'") from None
+
+
+# --------------------------------------------------------------------------------------------
+# The dialect: what main/config.c does around the plain "[section]" / "name = value" lines.
+
+_ESCAPED_SEMICOLON = "\x00"  # stands in for "\;" while pyst2 splits off ';' comments
+_MAX_INCLUDE_DEPTH = 10  # config.c gives up at the same depth
+_HEADER = re.compile(r"\[([^\]]*)\]\s*(?:\((.*)\))?")
+_DIRECTIVE = re.compile(r"#(\S*)\s*(.*)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+    def error(self, reason: str) -> ConfigError:
+        return ConfigError(reason, path=self.path, line=self.line)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    template: bool = False
+    append: bool = False
+    bases: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class _Entry:
+    key: str  # lower-cased name
+    name: str  # as written (directory extensions keep their case)
+    value: str
+    src: _Source
+    inherited: bool = False
+
+
+@dataclass(slots=True)
+class _Section:
+    name: str
+    src: _Source
+    template: bool
+    entries: list[_Entry]
+
+
+def _strip_comments(line: str, depth: int) -> tuple[str, int, bool]:
+    """Drop ``;`` comments and ``;-- --;`` blocks (nesting) from one line, as config.c does.
+
+    Returns the kept text (``\\;`` turned into a placeholder), the block depth after the line,
+    and whether a block opened from depth 0 on this line.
+    """
+    out: list[str] = []
+    opened = False
+    i, resume = 0, 0
+    while i < len(line):
+        ch = line[i]
+        if ch != ";":
+            if depth == 0:
+                out.append(ch)
+            i += 1
+        elif depth == 0 and out and out[-1] == "\\":
+            out[-1] = _ESCAPED_SEMICOLON  # "\;" is a literal semicolon
+            i += 1
+        elif line.startswith(";--", i) and not line.startswith(";---", i):
+            opened = opened or depth == 0
+            depth += 1
+            i = resume = i + 3
+        elif depth > 0 and i >= resume + 2 and line[i - 2 : i] == "--":
+            depth -= 1
+            i = resume = i + 1
+        elif depth == 0:
+            break  # an ordinary comment: the rest of the line goes
+        else:
+            i += 1
+    return "".join(out), depth, opened
+
+
+class _Reader:
+    """Turns a file and everything it ``#include``s into the flat list of lines pyst2 parses."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.sources: list[_Source] = []
+        self.headers: dict[int, _Header] = {}
+        self._open: list[str] = []
+
+    def read(self, path: str, section: str | None = None, depth: int = 0) -> str | None:
+        """Read ``path``; lines before its first header belong to ``section``. Returns the last."""
+        with open(path, "rb") as f:
+            data = f.read()
+        self._open.append(os.path.realpath(path))
+        block_start: _Source | None = None
+        comment_depth = 0
+        for number, raw in enumerate(data.split(b"\n"), 1):
+            src = _Source(path, number)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise src.error("this line is not valid UTF-8") from None
+            if number == 1:
+                text = text.removeprefix("\ufeff")
+            if "\x00" in text:
+                raise src.error("this line contains a NUL character")
+            text, comment_depth, opened = _strip_comments(text, comment_depth)
+            if opened:
+                block_start = src
+            text = text.strip()
+            if not text:
+                continue
+            if text[0] == "[":
+                section = self._header(text, src)
+            elif text[0] == "#":
+                section = self._directive(text, src, section, depth)
+            elif section is None:
+                raise src.error("this line is not inside any [section]")
+            else:
+                self._emit(text, src)
+        if comment_depth and block_start is not None:
+            raise block_start.error("block comment ';--' is never closed with '--;'")
+        self._open.pop()
+        return section
+
+    def _emit(self, text: str, src: _Source) -> None:
+        self.lines.append(text + "\n")
+        self.sources.append(src)
+
+    def _header(self, text: str, src: _Source) -> str:
+        match = _HEADER.fullmatch(text)
+        if match is None:
+            raise src.error(
+                f"malformed section header {text!r}: expected [name] or [name](options)"
+            )
+        name = match[1].strip()
+        if not name:
+            raise src.error("empty section name")
+        template = append = False
+        bases: list[str] = []
+        for option in match[2].split(",") if match[2] is not None else ():
+            option = option.strip()
+            if option == "!":
+                template = True
+            elif option == "+":
+                append = True
+            elif not option or option.startswith("+"):
+                raise src.error(f"unsupported section option {option!r} in {text!r}")
+            else:
+                bases.append(option)
+        self.headers[len(self.lines)] = _Header(template, append, tuple(bases))
+        self._emit(f"[{name}]", src)
+        return name
+
+    def _directive(self, text: str, src: _Source, section: str | None, depth: int) -> str | None:
+        match = _DIRECTIVE.fullmatch(text)
+        word, arg = (match[1].lower(), match[2].strip()) if match else ("", "")
+        if word == "exec":
+            raise src.error("#exec is not supported")
+        if word not in ("include", "tryinclude"):
+            raise src.error(f"unknown directive {text.split()[0]!r} (use #include or #tryinclude)")
+        if len(arg) >= 2 and (arg[0], arg[-1]) in (('"', '"'), ("<", ">")):
+            arg = arg[1:-1]
+        if not arg:
+            raise src.error(f"#{word} needs a file name")
+        target = os.path.join(os.path.dirname(src.path), arg)  # absolute arg wins in join
+        if glob.has_magic(target):
+            matches = sorted(glob.glob(target))
+        else:
+            matches = [target] if os.path.exists(target) else []
+        if not matches and word == "include":
+            raise src.error(f"#include: file not found: {target}")
+        if matches and depth + 1 > _MAX_INCLUDE_DEPTH:
+            raise src.error(f"#include nested more than {_MAX_INCLUDE_DEPTH} deep")
+        inner = section
+        for match_path in matches:
+            if os.path.realpath(match_path) in self._open:
+                raise src.error(f"#include loop: {match_path} is already being read")
+            try:
+                inner = self.read(match_path, inner, depth + 1)
+            except OSError as exc:
+                raise src.error(f"#{word}: cannot read {match_path}: {exc.strerror}") from None
+        if inner != section and section is not None:
+            # config.c: after an #include the including file goes on in its own category.
+            self.headers[len(self.lines)] = _Header(append=True)
+            self._emit(f"[{section}]", src)
+        return section
+
+
+class _Pyst2Lines(pyst2.Config):  # type: ignore[misc]
+    """pyst2's parser fed the lines _Reader prepared, instead of a file it opens itself."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self._prepared = lines
+        super().__init__("<agi-xmpp>")
+
+    def load(self) -> None:
+        self.raw_lines = self._prepared
+
+
+def _read_sections(path: str) -> list[_Section]:
+    """Parse ``path`` in Asterisk's dialect; sections in file order, templates resolved."""
+    if not os.path.exists(path):
+        raise ConfigError("configuration file not found", path=path)
+    if os.path.isdir(path):
+        raise ConfigError("is a directory, not a configuration file", path=path)
+    reader = _Reader()
+    try:
+        reader.read(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
+    try:
+        parsed = _Pyst2Lines(reader.lines)
+    except pyst2.ParseError as exc:
+        number, reason = exc.args
+        if "name = value" in reason:
+            reason = "expected 'key = value', a [section] header or a #include"
+        raise reader.sources[number - 1].error(reason) from None
+
+    sections: list[_Section] = []
+    by_name: dict[str, _Section] = {}
+    for category in parsed.categories:
+        index = category.number - 1
+        src, header = reader.sources[index], reader.headers[index]
+        key = category.name.lower()
+        if header.append:
+            section = by_name.get(key)
+            if section is None:
+                raise src.error(f"[{category.name}](+) adds to a section that is not defined above")
+            section.template |= header.template
+        elif key in by_name:
+            first = by_name[key].src
+            raise src.error(
+                f"section [{category.name}] is defined twice (first at {first}); "
+                f"use [{category.name}](+) to add to it"
+            )
+        else:
+            section = by_name[key] = _Section(category.name, src, header.template, [])
+            sections.append(section)
+        for base_name in header.bases:
+            base = by_name.get(base_name.lower())
+            if base is None or base is section:
+                raise src.error(
+                    f"[{category.name}] inherits from [{base_name}], which is not defined above"
+                )
+            section.entries.extend(
+                _Entry(e.key, e.name, e.value, e.src, inherited=True) for e in base.entries
+            )
+        for item in category.items:
+            _add_item(section, item, reader.sources[item.number - 1])
+    return sections
+
+
+def _add_item(section: _Section, item: pyst2.Item, src: _Source) -> None:
+    name = item.name.replace(_ESCAPED_SEMICOLON, ";")
+    raw_value = item.value.replace(_ESCAPED_SEMICOLON, ";")
+    append = name.endswith("+") and item.style != ">"
+    if append:
+        name = name[:-1].rstrip()
+    name = name.removeprefix("\\")  # config.c: a leading backslash escapes the first character
+    if not name:
+        raise src.error("no key name before '='")
+    key = name.lower()
+    if append:  # "key += more" extends the last value of key, as config.c does
+        for index in range(len(section.entries) - 1, -1, -1):
+            previous = section.entries[index]
+            if previous.key == key:
+                value = (previous.value + raw_value).strip()
+                section.entries[index] = _Entry(key, previous.name, value, src)
+                return
+    section.entries.append(_Entry(key, name, raw_value.strip(), src))
+
+
+# --------------------------------------------------------------------------------------------
+# Values: one section's entries checked against the keys it may hold, converted with file:line.
+
+_TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})  # ast_true()
+_FALSE = frozenset({"no", "false", "n", "f", "0", "off"})  # ast_false()
+
+
+class _Values:
+    """One section's entries, checked against the keys it may hold; typed getters with file:line.
+
+    Keys in ``multi`` (``buddy``) add up; any other key may be set once in the section's own
+    lines, and overrides what a template gave it. ``fallback`` supplies defaults from elsewhere
+    (xmpp.conf's [general]), keeping their own file:line for errors.
+    """
+
+    def __init__(
+        self,
+        section: _Section,
+        allowed: Iterable[str],
+        *,
+        multi: frozenset[str] = frozenset(),
+        fallback: Mapping[str, _Entry] | None = None,
+    ) -> None:
+        self.section = section
+        self.single: dict[str, _Entry] = dict(fallback or {})
+        self.multi: dict[str, list[_Entry]] = {}
+        allowed = sorted(allowed)
+        own: dict[str, _Entry] = {}
+        for entry in section.entries:
+            if entry.key not in allowed:
+                hint = difflib.get_close_matches(entry.key, allowed, n=1)
+                suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise entry.src.error(f"unknown key '{entry.name}' in [{section.name}]{suffix}")
+            if entry.key in multi:
+                self.multi.setdefault(entry.key, []).append(entry)
+            elif entry.inherited:
+                if entry.key not in own:
+                    self.single[entry.key] = entry
+            elif entry.key in own:
+                first = own[entry.key].src
+                raise entry.src.error(
+                    f"'{entry.name}' is set twice in [{section.name}] (first at {first})"
+                )
+            else:
+                own[entry.key] = self.single[entry.key] = entry
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        entry = self.single.get(key)
+        return entry.value if entry is not None and entry.value else default
+
+    def required(self, key: str) -> str:
+        entry = self.single.get(key)
+        if entry is None or not entry.value:
+            where = entry.src if entry is not None else self.section.src
+            raise where.error(f"[{self.section.name}] needs '{key}'")
+        return entry.value
+
+    def _get(self, key: str) -> _Entry | None:
+        entry = self.single.get(key)
+        if entry is not None and not entry.value:
+            raise entry.src.error(f"'{entry.name}' needs a value")
+        return entry
+
+    def boolean(self, key: str, default: bool) -> bool:
+        entry = self._get(key)
+        if entry is None:
+            return default
+        word = entry.value.lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise entry.src.error(f"'{entry.name}' must be yes or no, not {entry.value!r}")
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        entry = self._get(key)
+        if entry is None:
+            return default
+        number = int(entry.value) if re.fullmatch(r"[+-]?[0-9]+", entry.value) else None
+        if number is None or not low <= number <= high:
+            raise entry.src.error(
+                f"'{entry.name}' must be a whole number from {low} to {high}, not {entry.value!r}"
+            )
+        return number
+
+    def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
+        entry = self._get(key)
+        if entry is None:
+            return default
+        word = entry.value.lower()
+        if word not in choices:
+            allowed = ", ".join(dict.fromkeys(choices.values()))
+            raise entry.src.error(f"'{entry.name}' must be one of {allowed}, not {entry.value!r}")
+        return choices[word]
+
+    def converted(
+        self, key: str, default: _D, convert: Callable[[str], _T], *, optional: bool = False
+    ) -> _T | _D:
+        """``convert(value)`` raising ValueError(reason) becomes a ConfigError at the key's line.
+
+        ``optional``: an empty value means the default instead of an error.
+        """
+        entry = self.single.get(key)
+        if entry is None or (optional and not entry.value):
+            return default
+        entry = self._get(key)  # an empty value is an error from here on
+        assert entry is not None
+        try:
+            return convert(entry.value)
+        except ValueError as exc:
+            raise entry.src.error(f"'{entry.name}': {exc}") from None
+
+    def path(self, key: str, default: _D, base_dir: str) -> str | _D:
+        value = self.text(key)
+        return os.path.normpath(os.path.join(base_dir, value)) if value else default
+
+
+def _no_space(what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if re.search(r"[\s,]", value):
+            raise ValueError(f"{what} may not contain spaces or commas: {value!r}")
+        return value
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------
+# Checks shared with the CLI and the HTTP API.
+
+
+def check_jid(text: str, *, bare: bool = False, need_local: bool = True) -> str:
+    """``text`` checked as a JID (RFC 7622, via ``jid.parse_jid``); ValueError says why not.
+
+    With ``bare``, a resource is refused and the normalised bare JID comes back (bare JIDs are
+    compared case-insensitively); otherwise ``text`` comes back as written. ``need_local``
+    refuses a domain-only JID.
+    """
+    try:
+        jid = parse_jid(text.strip())
+    except InvalidJid as exc:
+        raise ValueError(str(exc)) from None
+    if need_local and not jid.local:
+        raise ValueError(f"expected user@domain, not {text.strip()!r}")
+    if bare:
+        if not jid.is_bare:
+            raise ValueError(f"expected a bare JID (user@domain), not {text.strip()!r}")
+        return jid.bare
+    return text.strip()
+
+
+_EXTENSION = re.compile(r"[0-9A-Za-z*#+_.\-]+")
+_DEVICE = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*/[^\s&,]+")
+_MAILBOX = re.compile(r"[0-9A-Za-z*#+_.\-]+(@[0-9A-Za-z_.\-]+)?")
+
+
+def make_directory_entry(
+    extension: str, jid: str, device: str | None = None, mailbox: str | None = None
+) -> DirectoryEntry:
+    """A checked DirectoryEntry; raises DirectoryError naming what is wrong."""
+    extension = extension.strip()
+    if not _EXTENSION.fullmatch(extension):
+        raise DirectoryError(f"bad extension {extension!r}: use digits, letters and * # + - _ .")
+    try:
+        bare = check_jid(jid, bare=True)
+    except ValueError as exc:
+        raise DirectoryError(str(exc)) from None
+    device = (device or "").strip() or f"PJSIP/{extension}"
+    if not _DEVICE.fullmatch(device):
+        raise DirectoryError(
+            f"bad device {device!r}: expected TECH/resource, e.g. PJSIP/{extension}"
+        )
+    mailbox = (mailbox or "").strip() or None
+    if mailbox is not None:
+        if not _MAILBOX.fullmatch(mailbox):
+            raise DirectoryError(f"bad mailbox {mailbox!r}: expected EXT@CONTEXT")
+        if "@" not in mailbox:
+            mailbox += "@default"  # voicemail.conf's default context, as AMI reports it
+    return DirectoryEntry(extension, bare, device, mailbox)
+
+
+def parse_directory_value(extension: str, value: str) -> DirectoryEntry:
+    """``JID[, device=TECH/EXT][, mailbox=EXT@CONTEXT]`` → DirectoryEntry (DirectoryError)."""
+    jid, *options = (part.strip() for part in value.split(","))
+    fields: dict[str, str] = {}
+    for option in options:
+        name, eq, setting = (s.strip() for s in option.partition("="))
+        name = name.lower()
+        if name not in ("device", "mailbox") or not eq:
+            raise DirectoryError(f"unknown directory option {option!r} (use device= or mailbox=)")
+        if name in fields:
+            raise DirectoryError(f"'{name}=' given twice")
+        fields[name] = setting
+    return make_directory_entry(extension, jid, fields.get("device"), fields.get("mailbox"))
+
+
+def parse_bind(text: str, default_port: int) -> BindAddress:
+    """``host``, ``host:port``, ``[v6]``, ``[v6]:port`` or a bare IPv6 address; else ValueError."""
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [address]:port, not {text!r}")
+        has_port, port_text = bool(rest), rest[1:]
+        ipaddress.IPv6Address(host)  # raises ValueError with its own reason
+    elif text.count(":") > 1:
+        host, has_port, port_text = text, False, ""
+        ipaddress.IPv6Address(host)
+    else:
+        host, colon, port_text = text.partition(":")
+        has_port = bool(colon)
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.\-]*", host):
+            raise ValueError(f"expected host:port, not {text!r}")
+    port = default_port
+    if has_port:
+        if not re.fullmatch(r"[0-9]{1,5}", port_text) or int(port_text) > 65535:
+            raise ValueError(f"port must be a number from 0 to 65535, not {port_text!r}")
+        port = int(port_text)
+    return BindAddress(host, port)
+
+
+def _parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"not an address or network: {item!r}") from None
+    if not networks:
+        raise ValueError("lists no address or network")
+    return tuple(networks)
+
+
+def _parse_database(text: str) -> str:
+    if not re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", text):
+        raise ValueError("must be an SQLAlchemy URL such as sqlite:////var/lib/agi-xmpp/db.sqlite3")
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Sections → dataclasses.
+
+_GENERAL_KEYS = frozenset(
+    "agi_bind agi_allow http_bind http_token database state_dir log_format log_level "
+    "default_account max_receive_timeout outbox_ttl max_message_bytes xmpp_conf".split()
+)
+_AMI_KEYS = frozenset(
+    "host port username secret originate_context presence_to_hints voicemail_spool "
+    "voicemail_upload".split()
+)
+# res_xmpp client keys we act on, and those we accept from an xmpp.conf but ignore, with the
+# res_xmpp default that makes them harmless (no warning then).
+_CLIENT_KEYS = frozenset(
+    "type serverhost username secret priority port usetls usesasl buddy status statusmessage "
+    "timeout keepalive autoprune autoregister auth_policy forceoldssl".split()
+)
+_CLIENT_IGNORED = {
+    "pubsub_node": "", "refresh_token": "", "oauth_clientid": "", "oauth_secret": "",
+    "debug": "no", "sendtodialplan": "no", "context": "default", "distribute_events": "no",
+}  # fmt: skip
+_OUR_ACCOUNT_KEYS = frozenset({"tls_verify", "cafile", "resource"})
+# res_xmpp's [general] in xmpp.conf: the first three are defaults for every client.
+_XMPP_GENERAL_KEYS = frozenset(
+    "autoprune autoregister auth_policy debug collection_nodes pubsub_autocreate".split()
+)
+_STATUS = {  # res_xmpp's client_status_handler accepts these spellings
+    "available": "available", "online": "available", "chat": "chat", "chatty": "chat",
+    "away": "away", "xa": "xa", "xaway": "xa", "dnd": "dnd", "invisible": "dnd",
+}  # fmt: skip
+_POLICY = {"accept": "accept", "deny": "deny"}
+_ACCOUNT_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+\-]*")
+
+
+def _build_general(section: _Section, base_dir: str) -> tuple[GeneralConfig, _Values]:
+    v = _Values(section, _GENERAL_KEYS)
+    state_dir = v.path("state_dir", DEFAULT_STATE_DIR, base_dir)
+    general = GeneralConfig(
+        agi_bind=v.converted("agi_bind", DEFAULT_AGI_BIND, lambda s: parse_bind(s, 4573)),
+        agi_allow=v.converted("agi_allow", DEFAULT_AGI_ALLOW, _parse_networks),
+        http_bind=v.converted("http_bind", DEFAULT_HTTP_BIND, lambda s: parse_bind(s, 4580)),
+        http_token=v.text("http_token"),
+        state_dir=state_dir,
+        database=v.converted("database", "", _parse_database),
+        log_format=v.choice("log_format", "console", {"console": "console", "json": "json"}),
+        log_level=v.choice(
+            "log_level", "info", {w: w for w in ("debug", "info", "warning", "error")}
+        ),
+        default_account=(v.text("default_account") or "").lower() or None,
+        max_receive_timeout=v.integer("max_receive_timeout", 3600, 1, 86400),
+        outbox_ttl=v.integer("outbox_ttl", 3600, 1, 30 * 86400),
+        max_message_bytes=v.integer("max_message_bytes", 65536, 1, 16 * 1024 * 1024),
+        xmpp_conf=v.path("xmpp_conf", None, base_dir),
+    )
+    return general, v
+
+
+def _build_ami(section: _Section, base_dir: str) -> AmiConfig:
+    v = _Values(section, _AMI_KEYS)
+    return AmiConfig(
+        host=v.converted("host", "127.0.0.1", _no_space("host")),
+        port=v.integer("port", 5038, 1, 65535),
+        username=v.required("username"),
+        secret=v.required("secret"),
+        originate_context=v.converted("originate_context", "from-internal", _no_space("a context")),
+        presence_to_hints=v.boolean("presence_to_hints", False),
+        voicemail_spool=v.path("voicemail_spool", "/var/spool/asterisk/voicemail", base_dir),
+        voicemail_upload=v.boolean("voicemail_upload", False),
+    )
+
+
+def _build_directory(section: _Section) -> tuple[DirectoryEntry, ...]:
+    entries: dict[str, DirectoryEntry] = {}
+    own: dict[str, _Source] = {}
+    for entry in section.entries:  # inherited entries come first; the section's own win
+        try:
+            parsed = parse_directory_value(entry.name, entry.value)
+        except DirectoryError as exc:
+            raise entry.src.error(f"directory entry '{entry.name}': {exc}") from None
+        if not entry.inherited:
+            if parsed.extension in own:
+                first = own[parsed.extension]
+                raise entry.src.error(
+                    f"extension {parsed.extension} is listed twice in [directory] "
+                    f"(first at {first})"
+                )
+            own[parsed.extension] = entry.src
+        elif parsed.extension in own:
+            continue
+        entries[parsed.extension] = parsed
+    return tuple(entries.values())
+
+
+def _unquote(text: str) -> str:
+    # xmpp.conf.sample shows statusmessage="..."; res_xmpp would send the quotes, nobody wants them.
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def _account_warnings(v: _Values) -> list[str]:
+    """What res_xmpp would do with this section that agi-xmpp won't, in line order."""
+    notes: list[tuple[_Source, str]] = []
+    for key, harmless in _CLIENT_IGNORED.items():
+        entry = v.single.get(key)
+        if entry is not None:
+            value = entry.value.lower()
+            if value != harmless and not (harmless == "no" and value in _FALSE):
+                notes.append((entry.src, f"'{entry.name}' is a res_xmpp option agi-xmpp ignores"))
+    status = v.single.get("status")
+    if status is not None and status.value.lower() == "invisible":
+        notes.append((status.src, "status=invisible is sent as dnd"))
+    usesasl = v.single.get("usesasl")
+    if usesasl is not None and usesasl.value.lower() in _FALSE:
+        notes.append(
+            (usesasl.src, "usesasl=no is ignored: agi-xmpp always authenticates with SASL")
+        )
+    notes.sort(key=lambda note: (note[0].path, note[0].line))
+    return [f"{src}: [{v.section.name}] {text}" for src, text in notes]
+
+
+def _build_account(
+    section: _Section,
+    *,
+    base_dir: str,
+    ours: bool,
+    defaults: Mapping[str, _Entry],
+    warnings: list[str],
+) -> AccountConfig | None:
+    """An account from a client section; None (with a warning) for a component."""
+    allowed = _CLIENT_KEYS | _CLIENT_IGNORED.keys() | (_OUR_ACCOUNT_KEYS if ours else frozenset())
+    v = _Values(section, allowed, multi=frozenset({"buddy"}), fallback=defaults)
+    kind = v.choice("type", "client", {"client": "client", "component": "component"})
+    if kind == "component":
+        warnings.append(f"{section.src}: [{section.name}] is an XMPP component (type=component), "
+                        "which agi-xmpp does not support: skipped")  # fmt: skip
+        return None
+    name = section.name.lower()
+    if name in RESERVED_SECTIONS:
+        raise section.src.error(f"[{section.name}] is reserved and cannot be an account name")
+    if not _ACCOUNT_NAME.fullmatch(name):
+        raise section.src.error(
+            f"account name [{section.name}] cannot be used as an ACCOUNT argument: "
+            "use letters, digits and _ . + -"
+        )
+    if v.text("refresh_token") and not v.text("secret"):
+        raise section.src.error(f"[{section.name}] uses OAuth (refresh_token), which agi-xmpp "
+                                "does not support: set 'secret'")  # fmt: skip
+    username = v.required("username")
+    try:
+        check_jid(username)
+    except ValueError as exc:
+        raise v.single["username"].src.error(f"'username': {exc}") from None
+    warnings.extend(_account_warnings(v))
+    buddies: dict[str, str] = {}
+    for entry in v.multi.get("buddy", []):
+        for item in (part.strip() for part in entry.value.split(",")):
+            if item:
+                try:
+                    buddies.setdefault(check_jid(item, bare=True), item)
+                except ValueError as exc:
+                    raise entry.src.error(f"'buddy': {exc}") from None
+    user_resource = username.partition("/")[2]
+    resource = v.text("resource") if ours else None
+    if resource and user_resource and resource != user_resource:
+        raise v.single["resource"].src.error(
+            f"resource {resource!r} contradicts the resource in username {username!r}"
+        )
+    cafile = v.path("cafile", None, base_dir) if ours else None
+    if cafile is not None and not os.path.isfile(cafile):
+        raise v.single["cafile"].src.error(f"cafile not found: {cafile}")
+    return AccountConfig(
+        name=name,
+        username=username,
+        secret=v.required("secret"),
+        serverhost=v.converted("serverhost", None, _no_space("serverhost"), optional=True),
+        port=v.integer("port", 5222, 1, 65535),
+        priority=v.integer("priority", 1, -128, 127),
+        status=v.choice("status", "available", _STATUS),
+        statusmessage=_unquote(v.text("statusmessage", "Online and Available") or ""),
+        usetls=v.boolean("usetls", True),
+        usesasl=v.boolean("usesasl", True),
+        forceoldssl=v.boolean("forceoldssl", False),
+        buddies=tuple(buddies),
+        autoregister=v.boolean("autoregister", True),
+        autoprune=v.boolean("autoprune", False),
+        auth_policy=v.choice("auth_policy", "accept", _POLICY),
+        timeout=v.integer("timeout", 5, 0, 86400),
+        keepalive=v.boolean("keepalive", True),
+        tls_verify=v.boolean("tls_verify", True) if ours else True,
+        cafile=cafile,
+        resource=resource or "",
+    )
+
+
+def parse_xmpp_conf(
+    path: str | os.PathLike[str], warnings: list[str] | None = None
+) -> dict[str, AccountConfig]:
+    """The client accounts of a res_xmpp ``xmpp.conf``; its [general] gives their defaults.
+
+    Things res_xmpp accepts that agi-xmpp ignores are appended to ``warnings`` when given.
+    """
+    path = os.fspath(path)
+    sink: list[str] = [] if warnings is None else warnings
+    base_dir = os.path.dirname(os.path.abspath(path))
+    sections = [s for s in _read_sections(path) if not s.template]
+    defaults: dict[str, _Entry] = {}
+    for section in sections:
+        if section.name.lower() == "general":
+            general = _Values(section, _XMPP_GENERAL_KEYS)
+            general.boolean("autoprune", False)  # checked here so errors point at [general]
+            general.boolean("autoregister", True)
+            general.choice("auth_policy", "accept", _POLICY)
+            for key in ("debug", "collection_nodes", "pubsub_autocreate"):
+                if general.boolean(key, False):
+                    sink.append(f"{general.single[key].src}: [general] '{key}' is a res_xmpp "
+                                "option agi-xmpp ignores")  # fmt: skip
+            defaults = {
+                k: e
+                for k, e in general.single.items()
+                if k in ("autoprune", "autoregister", "auth_policy")
+            }
+    accounts: dict[str, AccountConfig] = {}
+    for section in sections:
+        if section.name.lower() != "general":
+            account = _build_account(
+                section, base_dir=base_dir, ours=False, defaults=defaults, warnings=sink
+            )
+            if account is not None:
+                accounts[account.name] = account
+    return accounts
+
+
+def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
+    """Read and check ``path``; raises ConfigError naming file, line and reason."""
+    path = os.fspath(path)
+    base_dir = os.path.dirname(os.path.abspath(path))
+    warnings: list[str] = []
+    general, general_values = GeneralConfig(), None
+    ami: AmiConfig | None = None
+    directory: tuple[DirectoryEntry, ...] = ()
+    accounts: dict[str, AccountConfig] = {}
+    origin: dict[str, _Source] = {}
+    for section in _read_sections(path):
+        kind = section.name.lower()
+        if section.template:
+            continue
+        if kind == "general":
+            general, general_values = _build_general(section, base_dir)
+        elif kind == "ami":
+            ami = _build_ami(section, base_dir)
+        elif kind == "directory":
+            directory = _build_directory(section)
+        else:
+            account = _build_account(
+                section, base_dir=base_dir, ours=True, defaults={}, warnings=warnings
+            )
+            if account is not None:
+                accounts[account.name] = account
+                origin[account.name] = section.src
+
+    if general.xmpp_conf is not None:
+        assert general_values is not None
+        src = general_values.single["xmpp_conf"].src
+        if not os.path.isfile(general.xmpp_conf):
+            raise src.error(f"xmpp_conf: file not found: {general.xmpp_conf}")
+        for name, account in parse_xmpp_conf(general.xmpp_conf, warnings).items():
+            if name in accounts:
+                raise src.error(
+                    f"account [{name}] in {general.xmpp_conf} is also defined at {origin[name]}"
+                )
+            accounts[name] = account
+
+    if general.default_account is not None and general.default_account not in accounts:
+        assert general_values is not None
+        raise general_values.single["default_account"].src.error(
+            f"default_account '{general.default_account}' names no configured account"
+        )
+    if not general.http_bind.is_loopback and not general.http_token:
+        assert general_values is not None
+        raise general_values.single["http_bind"].src.error(
+            f"http_bind {general.http_bind} is not a loopback address: set http_token too"
+        )
+    return Config(path, general, accounts, ami, directory, tuple(warnings))
+
+
+def default_config(state_dir: str = DEFAULT_STATE_DIR) -> Config:
+    """The configuration of a service started with no file: defaults, no accounts."""
+    return Config(None, GeneralConfig(state_dir=os.path.abspath(state_dir)), {})
+
+
+def _escape(value: str) -> str:
+    return value.replace(";", "\\;")
+
+
+def render_accounts(accounts: Mapping[str, AccountConfig] | Iterable[AccountConfig]) -> str:
+    """Account sections in agi_xmpp.conf's dialect (for ``import-xmpp-conf``); secrets included."""
+    items = accounts.values() if isinstance(accounts, Mapping) else accounts
+    blocks = []
+    for a in items:
+        message = a.statusmessage
+        if len(message) >= 2 and message[0] == message[-1] == '"':
+            message = f'"{message}"'  # survive _unquote on the way back in
+        lines = [
+            f"[{a.name}]",
+            f"username = {_escape(a.username)}",
+            f"secret = {_escape(a.secret)}",
+        ]
+        if a.serverhost:
+            lines.append(f"serverhost = {a.serverhost}")
+        lines += [
+            f"port = {a.port}",
+            f"priority = {a.priority}",
+            f"status = {a.status}",
+            f"statusmessage = {_escape(message)}",
+            f"usetls = {_yes(a.usetls)}",
+            f"usesasl = {_yes(a.usesasl)}",
+            f"forceoldssl = {_yes(a.forceoldssl)}",
+            *(f"buddy = {b}" for b in a.buddies),
+            f"autoregister = {_yes(a.autoregister)}",
+            f"autoprune = {_yes(a.autoprune)}",
+            f"auth_policy = {a.auth_policy}",
+            f"timeout = {a.timeout}",
+            f"keepalive = {_yes(a.keepalive)}",
+            f"tls_verify = {_yes(a.tls_verify)}",
+        ]
+        if a.cafile:
+            lines.append(f"cafile = {_escape(a.cafile)}")
+        if a.resource != (a.username.partition("/")[2] or "asterisk"):
+            lines.append(f"resource = {_escape(a.resource)}")
+        blocks.append("\n".join(lines) + "\n")
+    return "\n".join(blocks)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
