@@ -1,0 +1,450 @@
+"""Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11.
+
+Feed what the socket gave with ``receive_data(bytes)`` (``b""`` is EOF), take events with
+``next_event()`` until it returns ``NEED_DATA``, and write what ``send_command()`` returns. Nothing
+here does I/O or knows about time: deadlines live in ``agi_server``.
+
+Theory of operation
+-------------------
+States (``AgiConnection.state``)::
+
+    ENV ──empty line──> IDLE ──send_command()──> WAITING ──"200"/"510"/"511"/"520 "──> IDLE
+                         │                         │  └──"520-"──> USAGE ──"520 "──> IDLE
+                         │                         └── "100 ..." swallowed, stay WAITING
+                         └── send_failure() ──> IDLE, and no command may follow
+    any state ──EOF──> CLOSED (EndOfStream, again and again)
+    any state ──peer breaks the protocol──> ERROR (RemoteProtocolError, again and again)
+
+* ENV: Asterisk writes ``agi_key: value`` lines and one empty line (``setup_env`` in
+  ``res/res_agi.c``), preceded by ``agi_network: yes`` and ``agi_network_script: SCRIPT?QUERY``
+  (``launch_netscript``). The block becomes one ``Request``.
+* A ``HANGUP`` line is a notice, never a reply: ``run_agi`` writes it at the top of its loop when
+  it sees the hangup, i.e. before a reply, between replies, or instead of one (the command we sent
+  may be answered ``511`` on the dead channel afterwards). It yields ``HangupNotice`` in every
+  state but ENV; in ENV it is remembered and yielded right after the ``Request``.
+* Any other line while no command is in flight is the peer's fault.
+* EOF anywhere is a clean end: a partial line or a partial environment block is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import unquote
+
+from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "FAILURE_LINE",
+    "NEED_DATA",
+    "AgiConnection",
+    "CommandFailed",
+    "EndOfStream",
+    "HangupNotice",
+    "Request",
+    "Response",
+    "State",
+    "check_variable_name",
+    "line_limit_for",
+    "quote",
+]
+
+# res_agi.c reads a command with fgets() into char buf[AGI_BUF_LEN]: at most AGI_BUF_LEN - 1
+# bytes including the "\n". A longer line is cut there and the rest runs as a second command.
+# AGI_BUF_LEN went from 2048 to 8192 in 20.16.0, 21.11.0, 22.6.0 and 23.0.0 ("res_agi: Increase
+# AGI command buffer size from 2K to 8K", checked against each release tag).
+SHORT_LINE_LIMIT = 2048 - 1
+LONG_LINE_LIMIT = 8192 - 1
+_FIRST_LONG_MINOR = {20: 16, 21: 11, 22: 6}
+# res_agi.c: MAX_ARGS 128. parse_args() only bounds-checks unquoted words; a quoted word past
+# the limit would write beyond argv[], so never send more words than argv can hold.
+MAX_WORDS = 128 - 1
+FAILURE_LINE = b"FAILURE\n"  # see AgiConnection.send_failure()
+
+_VERSION = re.compile(r"(\d+)\.(\d+)")
+_VARIABLE_NAME = re.compile(r"_{0,2}[A-Za-z][A-Za-z0-9_]*")
+_VERB = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
+# "200 result=X [(data)] [endpos=N] [anything else]"; the greedy data group keeps ")" that
+# belong to a value (GET VARIABLE answers "200 result=1 (%s)" with the raw value inside).
+_RESULT_TAIL = re.compile(r" \((?P<data>.*)\)(?: endpos=(?P<endpos>-?\d+))?(?: .*)?|"
+                          r" endpos=(?P<endpos2>-?\d+)(?: .*)?|(?: .*)?", re.S)
+
+
+class State(Enum):
+    ENV = "env"
+    IDLE = "idle"
+    WAITING = "waiting"
+    USAGE = "usage"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA = _NeedData()
+"""Returned by ``next_event()`` when more bytes are needed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The environment block: which script, with what."""
+
+    env: dict[str, str]
+    script: str
+    options: dict[str, str]
+    args: tuple[str, ...]
+    agi_version: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Response:
+    """A ``200 result=...`` reply (``code`` 511 only when ``agi_server`` reports a dead channel)."""
+
+    code: int = 200
+    result: str
+    data: str | None = None
+    raw: str = ""
+    endpos: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandFailed:
+    """``510`` unknown command, ``511`` dead channel, ``520`` bad syntax (``usage`` for ``520-``)."""
+
+    code: int
+    text: str
+    usage: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HangupNotice:
+    """Asterisk saw the channel hang up; replies may still follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """The peer closed the connection."""
+
+
+Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
+
+
+_LIMITS: dict[str, int] = {}  # agi_version -> line limit (one Asterisk has one version)
+_VERB_WORDS: dict[str, int] = {}  # verbs already checked -> their word count
+
+
+def _verb_words(verb: str) -> int:
+    if type(verb) is not str or _VERB.fullmatch(verb) is None:
+        raise LocalProtocolError(f"not an AGI command verb: {verb!r}")
+    words = verb.count(" ") + 1
+    if len(_VERB_WORDS) < 256:  # verbs are constants in our code; the cap is a safety net
+        _VERB_WORDS[verb] = words
+    return words
+
+
+def line_limit_for(agi_version: str) -> int:
+    """Longest command line (bytes, with the newline) the Asterisk of ``agi_version`` reads whole."""
+    m = _VERSION.match(agi_version)
+    if m is None:  # "GIT-master-...", "certified-...", "": unknown, so be conservative
+        return SHORT_LINE_LIMIT
+    major, minor = int(m[1]), int(m[2])
+    if major >= 23 or minor >= _FIRST_LONG_MINOR.get(major, 1 << 30):
+        return LONG_LINE_LIMIT
+    return SHORT_LINE_LIMIT
+
+
+def check_variable_name(name: str) -> str:
+    """Return ``name`` if it is a plain channel variable name, else raise ``LocalProtocolError``."""
+    if name in _GOOD_NAMES:
+        return name
+    if type(name) is not str or _VARIABLE_NAME.fullmatch(name) is None:
+        raise LocalProtocolError(f"not a valid channel variable name: {name!r}")
+    if len(_GOOD_NAMES) < 1024:
+        _GOOD_NAMES.add(name)
+    return name
+
+
+_GOOD_NAMES: set[str] = set()  # names already checked (scripts use a few constants)
+
+
+def quote(arg: str) -> str:
+    """Quote one argument so res_agi.c's parse_args() gives back exactly ``arg``.
+
+    Inside quotes parse_args keeps spaces and tabs, turns ``\\x`` into ``x`` and toggles on a bare
+    ``"``; so escaping ``\\`` and ``"`` is enough. NUL, CR and LF cannot travel at all (fgets()
+    ends the line, C strings end at NUL).
+    """
+    if "\n" in arg or "\r" in arg or "\0" in arg:
+        raise LocalProtocolError("an AGI argument cannot contain NUL, CR or LF")
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _parse_options(query: str) -> dict[str, str]:
+    # Strict percent-decoding: "+" stays "+" (this is a dialplan URL, not an HTML form).
+    options: dict[str, str] = {}
+    for part in query.split("&"):
+        if part:
+            key, _, value = part.partition("=")
+            options[unquote(key, errors="replace").lower()] = unquote(value, errors="replace")
+    return options
+
+
+def _make_request(block: str) -> tuple[Request, bool]:
+    env: dict[str, str] = {}
+    hangup = False
+    for line in block.split("\n"):
+        key, sep, value = line.partition(": ")  # setup_env(): "agi_%s: %s\n"
+        if sep:
+            env[key] = value
+        elif line == "HANGUP":
+            hangup = True
+        elif ":" in line:  # tolerate "key:value" and "key:"
+            key, _, value = line.partition(":")
+            env[key] = value
+    target, _, query = env.get("agi_network_script", "").partition("?")
+    args = []
+    n = 1
+    while (arg := env.get(f"agi_arg_{n}")) is not None:
+        args.append(arg)
+        n += 1
+    request = Request(
+        env=env,
+        script=target.strip("/").lower(),
+        options=_parse_options(query) if query else {},
+        args=tuple(args),
+        agi_version=env.get("agi_version", ""),
+    )
+    return request, hangup
+
+
+class AgiConnection:
+    """One FastAGI connection, server side, with no I/O."""
+
+    def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
+        self.max_env_bytes = max_env_bytes
+        self.max_reply_bytes = max_reply_bytes
+        self.state = State.ENV
+        self.request: Request | None = None
+        self.line_limit = SHORT_LINE_LIMIT
+        self.hangup_seen = False
+        self.failure_sent = False
+        self._buf: bytes | bytearray = b""
+        self._pos = 0  # start of the unparsed bytes in _buf
+        self._scan = 0  # ENV: where the search for the blank line resumes
+        self._eof = False
+        self._queued: deque[Event] = deque()
+        self._usage: list[str] = []
+        self._error = ""
+
+    def __repr__(self) -> str:
+        return f"<AgiConnection {self.state.value} buffered={len(self._buf) - self._pos}>"
+
+    # --- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer; ``b""`` means the peer closed the connection."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise LocalProtocolError("receive_data() after EOF")
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf):  # all parsed (the usual case): keep the chunk itself, no copy
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._pos = self._scan = 0
+            return
+        if pos or type(buf) is not bytearray:
+            buf = bytearray(memoryview(buf)[pos:])
+            self._scan -= pos
+            self._pos = 0
+        buf += data
+        self._buf = buf
+
+    def next_event(self) -> Event | _NeedData:
+        """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
+        if self._queued:
+            return self._queued.popleft()
+        state = self.state
+        if state is State.ERROR:
+            raise RemoteProtocolError(self._error)
+        if state is State.CLOSED:
+            return EndOfStream()
+        if state is State.ENV:
+            return self._next_env()
+        buf = self._buf
+        while True:
+            nl = buf.find(b"\n", self._pos)
+            if nl < 0:
+                if len(buf) - self._pos > self.max_reply_bytes:
+                    self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+                if self._eof:
+                    self.state = State.CLOSED
+                    return EndOfStream()
+                return NEED_DATA
+            if nl - self._pos > self.max_reply_bytes:
+                self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+            line = buf[self._pos : nl].decode("utf-8", "replace")
+            self._pos = nl + 1
+            if state is State.WAITING and line[:11] == "200 result=":  # the usual reply
+                self.state = State.IDLE
+                return _parse_result(line)
+            event = self._on_line(line)
+            state = self.state
+            if event is not None:
+                return event
+
+    def _next_env(self) -> Event | _NeedData:
+        buf = self._buf
+        if buf[:1] == b"\n":
+            end = 0
+        else:
+            end = buf.find(b"\n\n", max(self._scan - 1, 0))
+            if end >= 0:
+                end += 1  # index of the blank line's "\n"
+        if end < 0:
+            if len(buf) >= self.max_env_bytes:
+                self._fail(f"environment block longer than {self.max_env_bytes} bytes")
+            if self._eof:
+                self.state = State.CLOSED
+                return EndOfStream()
+            self._scan = len(buf)
+            return NEED_DATA
+        if end + 1 > self.max_env_bytes:
+            self._fail(f"environment block longer than {self.max_env_bytes} bytes")
+        # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
+        block = buf[:end].decode("utf-8", "replace")
+        self._pos = end + 1
+        request, hangup = _make_request(block)
+        self.request = request
+        limit = _LIMITS.get(request.agi_version)
+        if limit is None:
+            limit = line_limit_for(request.agi_version)
+            if len(_LIMITS) < 64:
+                _LIMITS[request.agi_version] = limit
+        self.line_limit = limit
+        self.state = State.IDLE
+        if hangup:
+            self.hangup_seen = True
+            self._queued.append(HangupNotice())
+        return request
+
+    def _on_line(self, line: str) -> Event | None:
+        if line == "HANGUP":
+            self.hangup_seen = True
+            return HangupNotice()
+        state = self.state
+        if state is State.WAITING:
+            code = line[:4]
+            if code == "200 ":
+                self.state = State.IDLE
+                return _parse_result(line)
+            if code == "100 " or code == "100-":  # "100 Trying...": keep reading
+                return None
+            if code in ("510 ", "511 ", "520 "):
+                self.state = State.IDLE
+                return CommandFailed(int(line[:3]), line[4:])
+            if code == "520-":
+                self.state = State.USAGE
+                self._usage = [line[4:]]
+                return None
+            self._fail(f"unexpected reply {line[:80]!r}")
+        if state is State.USAGE:
+            if line[:4] == "520 ":  # res_agi.c: "520 End of proper usage."
+                first, *usage = self._usage
+                self._usage = []
+                self.state = State.IDLE
+                return CommandFailed(520, first, "\n".join(usage))
+            self._usage.append(line)
+            return None
+        self._fail(f"unexpected line with no command in flight: {line[:80]!r}")
+        return None  # not reached
+
+    def _fail(self, message: str) -> None:
+        self.state = State.ERROR
+        self._error = message
+        raise RemoteProtocolError(message)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def send_command(self, verb: str, *args: str) -> bytes:
+        """Return the bytes of one command line with every argument quoted.
+
+        Raises ``LocalProtocolError`` (nothing to send) for NUL/CR/LF, a line longer than this
+        Asterisk reads whole, too many words, or when the previous command is still unanswered.
+        """
+        if self.state is not State.IDLE or self.failure_sent:
+            self._check_can_send()
+        words = _VERB_WORDS.get(verb)
+        if words is None:
+            words = _verb_words(verb)
+        if words + len(args) > MAX_WORDS:
+            raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
+        line = " ".join([verb, *map(quote, args)]) + "\n"
+        try:
+            data = line.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
+        if len(data) > self.line_limit:
+            raise LocalProtocolError(
+                f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
+                f"{self.line_limit} (agi_version {self.request.agi_version!r})"  # type: ignore[union-attr]
+            )
+        self.state = State.WAITING
+        return data
+
+    def send_failure(self) -> bytes:
+        """Return the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
+
+        res_agi.c run_agi(): a line read from the script that starts with "failure"
+        (strncasecmp, 7 chars; "Special case for inability to execute child process") sets
+        AGI_RESULT_FAILURE and leaves the loop; agi_exec_full() then sets AGISTATUS=FAILURE and
+        returns 0, so the dialplan goes on and the caller is not hung up. Merely closing the
+        socket reads as "Program terminated" and leaves AGISTATUS=SUCCESS.
+        """
+        self._check_can_send()
+        self.failure_sent = True
+        return FAILURE_LINE
+
+    def _check_can_send(self) -> None:
+        state = self.state
+        if state is State.IDLE and not self.failure_sent:
+            return
+        if state is State.ENV:
+            raise LocalProtocolError("no command before the environment block is complete")
+        if state in (State.WAITING, State.USAGE):
+            raise LocalProtocolError("a command is already waiting for its reply")
+        if self.failure_sent:
+            raise LocalProtocolError("FAILURE was sent: no command may follow")
+        raise LocalProtocolError(f"connection is {state.value}")
+
+
+_PLAIN_RESULTS: dict[str, Response] = {}  # "200 result=1" and friends: immutable, so shared
+
+
+def _parse_result(line: str) -> Response:
+    response = _PLAIN_RESULTS.get(line)
+    if response is not None:
+        return response
+    if line[:11] != "200 result=":
+        raise RemoteProtocolError(f"malformed 200 reply {line[:80]!r}")
+    rest = line[11:]
+    space = rest.find(" ")
+    if space < 0:  # the common "200 result=1"
+        response = Response(result=rest, raw=line)
+        if len(_PLAIN_RESULTS) < 64:
+            _PLAIN_RESULTS[line] = response
+        return response
+    m = _RESULT_TAIL.fullmatch(rest, space)
+    assert m is not None  # the last alternative matches anything
+    endpos = m["endpos"] or m["endpos2"]
+    return Response(
+        result=rest[:space], data=m["data"], raw=line, endpos=int(endpos) if endpos else None
+    )
+

@@ -1,0 +1,560 @@
+"""The FastAGI listener: allowlist, deadlines, one task per call, and the ``Channel`` scripts see.
+
+Bytes go from an ``asyncio.Protocol`` (no stream objects, no reader task: the cheapest path per
+session) straight into the sans-I/O ``AgiConnection``; its events resolve the one reply a script
+waits for, set ``Channel.hangup``, or end the session. The reader runs on every ``data_received``,
+so a ``HANGUP`` is seen even while the script waits on something else. Once the environment block
+is complete a task runs the script and closes the connection in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from agi_xmpp.agi_protocol import (
+    FAILURE_LINE,
+    NEED_DATA,
+    AgiConnection,
+    CommandFailed,
+    EndOfStream,
+    HangupNotice,
+    Request,
+    Response,
+    State,
+    check_variable_name,
+)
+from agi_xmpp.errors import ChannelGone, ProtocolError, RemoteProtocolError
+from agi_xmpp.values import decode_b64_value
+
+if TYPE_CHECKING:
+    from agi_xmpp.services import Services
+
+__all__ = ["AgiServer", "Channel", "Script", "ScriptRegistry", "DEFAULT_ALLOW", "DEFAULT_PORT"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PORT = 4573  # res_agi.c AGI_PORT
+DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
+T = TypeVar("T")
+ScriptFn = Callable[["Channel", "Services"], Awaitable[None]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- the script registry -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    fn: ScriptFn
+    help: str
+
+
+class ScriptRegistry:
+    """Dialplan script names (case-insensitive) → ``async def fn(channel, services)``."""
+
+    def __init__(self) -> None:
+        self._scripts: dict[str, Script] = {}
+
+    def script(self, name: str, *, help: str = "") -> Callable[[ScriptFn], ScriptFn]:
+        """Register the decorated coroutine function as dialplan script ``name``."""
+        key = name.lower()
+        if not key or any(c in key for c in "/?& \t"):
+            raise ValueError(f"not a usable script name: {name!r}")
+
+        def register(fn: ScriptFn) -> ScriptFn:
+            if not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"script {name!r} must be an async def function")
+            if key in self._scripts:
+                raise ValueError(f"script {name!r} is registered twice")
+            self._scripts[key] = Script(key, fn, inspect.cleandoc(help))
+            return fn
+
+        return register
+
+    def get(self, name: str) -> Script | None:
+        return self._scripts.get(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._scripts
+
+    def __iter__(self) -> Iterator[Script]:
+        return iter(sorted(self._scripts.values(), key=lambda s: s.name))
+
+    def __len__(self) -> int:
+        return len(self._scripts)
+
+
+# --- what a script sees --------------------------------------------------------------------
+
+
+class Channel:
+    """One AGI call as a script sees it; exactly one command is on the wire at a time."""
+
+    def __init__(self, session: _Session, request: Request) -> None:
+        self.request = request
+        self.hangup = asyncio.Event()
+        """Set the moment a ``HANGUP`` line arrives or the connection ends."""
+        self._session = session
+        self._log: Any = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.request.env
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return self.request.args
+
+    @property
+    def options(self) -> dict[str, str]:
+        return self.request.options
+
+    @property
+    def uniqueid(self) -> str:
+        return self.request.env.get("agi_uniqueid", "")
+
+    @property
+    def line_limit(self) -> int:
+        """Longest command line (bytes, newline included) this Asterisk accepts."""
+        return self._session.conn.line_limit
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this call's ``uniqueid`` and ``script``."""
+        if self._log is None:
+            self._log = self._session.server.log.bind(
+                uniqueid=self.uniqueid, script=self.request.script
+            )
+        return self._log
+
+    def __repr__(self) -> str:
+        dead = " hungup" if self.hangup.is_set() else ""
+        return f"<Channel {self.request.script} {self.uniqueid}{dead}>"
+
+    async def command(self, verb: str, *args: str) -> Response:
+        """Send one command (every argument quoted) and return its ``200`` reply.
+
+        A dead channel's ``511`` comes back as ``Response(code=511, result="-1")`` rather than an
+        exception. Raises ``LocalProtocolError`` (nothing sent) for an unsendable argument,
+        ``ProtocolError`` when Asterisk answers ``510``/``520`` (our bug), and ``ChannelGone``
+        once the connection has ended.
+        """
+        session = self._session
+        while session.reply is not None:  # a concurrent or abandoned command owes its reply
+            await session.wire_free()
+        # If this caller is cancelled, its future is cancelled but the session still expects
+        # the reply (session.reply), so the next command waits for it instead of colliding.
+        event = await session.send(verb, args)
+        return event if type(event) is Response else self._failed(verb, event)
+
+    def _failed(self, verb: str, event: Response | CommandFailed) -> Response:
+        assert type(event) is CommandFailed
+        if event.code == 511:
+            self.log.debug("agi_command_refused_dead_channel", verb=verb)
+            return Response(code=511, result="-1", raw=f"511 {event.text}")
+        raise ProtocolError(f"{verb}: Asterisk answered {event.code} {event.text}")
+
+    async def set_variable(self, name: str, value: str) -> None:
+        """``SET VARIABLE``; never raises for a hangup or a closed connection.
+
+        res_agi.c registers "set variable" as allowed on a dead channel, so it normally still
+        works after ``HANGUP``; a ``511`` (intercept routine) or a closed socket is logged at debug.
+        Invalid names and unsendable values raise ``LocalProtocolError``: those are our bugs.
+        """
+        check_variable_name(name)
+        session = self._session
+        try:
+            if session.reply is not None:
+                await self.command("SET VARIABLE", name, value)
+                return
+            # the common case, without command()'s extra coroutine
+            event = await session.send("SET VARIABLE", (name, value))
+        except ChannelGone:
+            self.log.debug("agi_set_variable_channel_gone", name=name)
+            return
+        if type(event) is not Response:
+            self._failed("SET VARIABLE", event)
+
+    async def get_variable_exact(self, name: str) -> str:
+        """The exact value of channel variable ``name`` (any text: newlines, quotes, commas).
+
+        Raises ``ChannelGone`` if the connection has ended or the channel refuses the command.
+        """
+        check_variable_name(name)
+        reply = await self.command("GET FULL VARIABLE", "${BASE64_ENCODE(${%s})}" % name)
+        if reply.code != 200:
+            raise ChannelGone(f"channel refused GET FULL VARIABLE {name}")
+        if reply.result != "1":  # "200 result=0": the channel went away under Asterisk
+            return ""
+        return decode_b64_value(reply.data or "")
+
+    async def until_hangup(self, aw: Awaitable[T], timeout: float | None = None) -> T:
+        """Await ``aw`` unless the caller hangs up or ``timeout`` seconds pass first.
+
+        Returns its result; raises ``ChannelGone`` on hangup and ``TimeoutError`` on timeout,
+        after cancelling ``aw`` and letting it finish its cleanup. A result that is ready at the
+        same moment as the hangup wins (it may be a message already taken from a queue).
+        """
+        work = asyncio.ensure_future(aw)
+        hung = asyncio.ensure_future(self.hangup.wait())
+        finished = False
+        try:
+            if not self.hangup.is_set():
+                await asyncio.wait((work, hung), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            finished = work.done()
+            for f in (work, hung):
+                if not f.done():
+                    f.cancel()
+            await asyncio.wait((work, hung))
+        if finished:
+            return work.result()
+        if not work.cancelled():
+            work.exception()  # raised during its cancellation: retrieved, not our answer
+        if self.hangup.is_set():
+            raise ChannelGone("the caller hung up")
+        raise TimeoutError
+
+
+# --- one connection ------------------------------------------------------------------------
+
+
+class _Session(asyncio.Protocol):
+    """Drives one ``AgiConnection`` from transport callbacks; owns the script's task."""
+
+    def __init__(self, server: AgiServer) -> None:
+        self.server = server
+        self.conn = AgiConnection(server.max_env_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.channel: Channel | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.ended = False  # no command may be sent any more
+        self.lost = False  # connection_lost() was called
+        self.grace_cancelled = False
+        self.reply: asyncio.Future[Response | CommandFailed] | None = None  # the one in flight
+        self._free: list[asyncio.Future[None]] = []  # commands queued behind it
+        self._timer: asyncio.TimerHandle | None = None  # env deadline, then hangup grace
+
+    # transport callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        if not server.allowed(peer):
+            server.stats["peer_refused"] += 1
+            server.log.warning("agi_peer_refused", peer=_peer_text(peer))
+            self.ended = True
+            # Best effort, so a misconfigured Asterisk shows AGISTATUS=FAILURE, not SUCCESS.
+            transport.write(FAILURE_LINE)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        server.sessions.add(self)
+        self._timer = server.loop.call_later(server.env_timeout, self._env_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.state is not State.ERROR:
+            self.conn.receive_data(data)
+            self._pump()
+
+    def eof_received(self) -> None:
+        self.conn.receive_data(b"")
+        self._pump()  # EndOfStream -> _end(); returning None lets the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._end()
+        if self.task is None or self.task.done():  # else run_script's finally forgets us
+            self.server.sessions.discard(self)
+
+    # events from the protocol
+
+    def _pump(self) -> None:
+        conn = self.conn
+        while True:
+            try:
+                event = conn.next_event()
+            except RemoteProtocolError as exc:
+                self.server.stats["protocol_error"] += 1
+                self.server.log.warning(
+                    "agi_protocol_error", uniqueid=self._uniqueid(), error=str(exc)
+                )
+                self._end()
+                return
+            kind = type(event)
+            if kind is Response or kind is CommandFailed:
+                reply, self.reply = self.reply, None
+                if reply is not None and not reply.done():  # done: its caller was cancelled
+                    reply.set_result(event)  # type: ignore[arg-type]
+                if self._free:
+                    self._wake_free()
+            elif event is NEED_DATA:
+                return
+            elif kind is HangupNotice:
+                self._caller_gone("agi_hangup_received")
+            elif kind is Request:
+                self._start(event)  # type: ignore[arg-type]
+            else:  # EndOfStream
+                self._end()
+                return
+
+    def _start(self, request: Request) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        server = self.server
+        self.channel = Channel(self, request)
+        self.task = server.loop.create_task(server.run_script(self, self.channel))
+
+    def _caller_gone(self, event: str) -> None:
+        """HANGUP or EOF: tell the script at once, and end it if it lingers past the grace."""
+        channel = self.channel
+        if channel is None or channel.hangup.is_set():
+            return
+        channel.hangup.set()
+        self.server.log.debug(event, uniqueid=channel.uniqueid)
+        if self.task is not None and not self.task.done() and self._timer is None:
+            self._timer = self.server.loop.call_later(self.server.hangup_grace, self._cancel)
+
+    def _cancel(self) -> None:
+        self._timer = None
+        if self.task is not None and not self.task.done():
+            self.grace_cancelled = True
+            self.task.cancel()
+
+    def _env_timeout(self) -> None:
+        self._timer = None
+        peer = self.transport.get_extra_info("peername")  # type: ignore[union-attr]
+        self.server.stats["env_timeout"] += 1
+        self.server.log.info("agi_env_timeout", peer=_peer_text(peer))
+        self.close()
+
+    def _end(self) -> None:
+        """EOF, a lost connection or a protocol error: no more commands, the caller is gone."""
+        self.ended = True
+        reply, self.reply = self.reply, None
+        if reply is not None and not reply.done():
+            reply.set_exception(ChannelGone("the AGI connection closed"))
+        self._wake_free()
+        if self.task is None or self.task.done():
+            self.close()  # no script (yet, or any more): nothing to wait for
+        else:
+            self._caller_gone("agi_connection_ended")
+
+    # used by Channel and AgiServer
+
+    def send(self, verb: str, args: tuple[str, ...]) -> asyncio.Future[Response | CommandFailed]:
+        if self.ended:
+            raise ChannelGone("the AGI connection closed")
+        data = self.conn.send_command(verb, *args)
+        self.transport.write(data)  # type: ignore[union-attr]
+        self.reply = reply = self.server.loop.create_future()
+        return reply
+
+    async def wire_free(self) -> None:
+        waiter = self.server.loop.create_future()
+        self._free.append(waiter)
+        await waiter
+
+    def _wake_free(self) -> None:
+        free, self._free = self._free, []
+        for waiter in free:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def send_failure(self) -> None:
+        if not self.ended:
+            self.transport.write(self.conn.send_failure())  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+            if transport.get_write_buffer_size():  # a peer that stopped reading
+                self.server.loop.call_later(self.server.close_timeout, transport.abort)
+
+    def _uniqueid(self) -> str:
+        return self.channel.uniqueid if self.channel is not None else ""
+
+
+def _peer_text(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    return str(peer)
+
+
+# --- the listener --------------------------------------------------------------------------
+
+
+def _parse_bind(bind: str | tuple[str, int]) -> tuple[str, int]:
+    if isinstance(bind, tuple):
+        return bind[0], int(bind[1])
+    host, sep, port = bind.rpartition(":")
+    if not sep or host.endswith(":") or (":" in host and not host.startswith("[")):
+        return bind.strip("[]"), DEFAULT_PORT  # "host" or a bare IPv6 address
+    return host.strip("[]"), int(port)
+
+
+class AgiServer:
+    """Listens for FastAGI connections and runs registered scripts.
+
+    ``stats`` counts finished calls by outcome (``success``, ``unknown_script``, ``error``,
+    ``channel_gone``, ``cancelled_after_hangup``, ``cancelled``) plus ``peer_refused``,
+    ``env_timeout`` and ``protocol_error``, for metrics: a successful call is logged at debug.
+    """
+
+    def __init__(
+        self,
+        registry: ScriptRegistry,
+        services: Services | Any,
+        *,
+        bind: str | tuple[str, int] = ("127.0.0.1", DEFAULT_PORT),
+        allow: Iterable[str | Network] = DEFAULT_ALLOW,
+        env_timeout: float = 5.0,
+        max_env_bytes: int = 65536,
+        hangup_grace: float = 2.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        self.registry = registry
+        self.services = services
+        self.bind = _parse_bind(bind)
+        self.allow: tuple[Network, ...] = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self.env_timeout = env_timeout
+        self.max_env_bytes = max_env_bytes
+        self.hangup_grace = hangup_grace
+        self.close_timeout = close_timeout
+        self.sessions: set[_Session] = set()  # connection open or script running
+        self.stats: Counter[str] = Counter()
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        # Bound once in start(), when logging is configured: structlog's lazy proxy would
+        # otherwise rebuild a logger on every call, even for a filtered-out debug event.
+        self.log: Any = log
+        self._debug = True
+        self._server: asyncio.base_events.Server | None = None
+        self._allowed_cache: dict[str, bool] = {}
+
+    def __repr__(self) -> str:
+        host, port = self.address if self._server else self.bind
+        return f"<AgiServer {host}:{port} [{len(self.sessions)} connections]>"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually listened on (useful with port 0)."""
+        assert self._server is not None, "not started"
+        sockname = self._server.sockets[0].getsockname()
+        return sockname[0], sockname[1]
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.log = log.bind()
+        is_enabled_for = getattr(self.log, "is_enabled_for", None)
+        self._debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
+        host, port = self.bind
+        self._server = await self.loop.create_server(
+            lambda: _Session(self), host, port, reuse_address=True
+        )
+        self.log.info("agi_server_listening", host=self.address[0], port=self.address[1])
+
+    async def close(self) -> None:
+        """Stop listening, let running scripts finish (up to ``close_timeout``), then end them."""
+        if self._server is not None:
+            self._server.close()
+        tasks = {s.task for s in self.sessions if s.task is not None and not s.task.done()}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        for session in list(self.sessions):
+            session.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+            self.log.info("agi_server_closed")
+
+    def allowed(self, peer: Any) -> bool:
+        """Whether a peer address (as ``getpeername()`` gives it) is on the allowlist."""
+        if not isinstance(peer, tuple):
+            return False
+        host = peer[0]
+        ok = self._allowed_cache.get(host)
+        if ok is None:
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                return False
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped  # a dual-stack listener sees ::ffff:127.0.0.1
+            ok = any(addr in net for net in self.allow)
+            if len(self._allowed_cache) >= 1024:
+                self._allowed_cache.clear()
+            self._allowed_cache[host] = ok
+        return ok
+
+    async def run_script(self, session: _Session, channel: Channel) -> None:
+        """The per-call task: look the script up, run it, always close the connection."""
+        request = channel.request
+        script = self.registry.get(request.script)
+        started = time.monotonic()
+        outcome = "success"
+        if self._debug:
+            self.log.debug("agi_request_received", uniqueid=channel.uniqueid,
+                           script=request.script, args=len(request.args),
+                           options=len(request.options))
+        try:
+            if script is None:
+                outcome = "unknown_script"
+                session.send_failure()  # AGISTATUS=FAILURE, see AgiConnection.send_failure
+                return
+            await script.fn(channel, self.services)
+        except ChannelGone:
+            outcome = "channel_gone"
+        except asyncio.CancelledError:
+            if not session.grace_cancelled:
+                outcome = "cancelled"
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            outcome = "cancelled_after_hangup"
+        except Exception:
+            # Never hang up the caller: log, close normally, AGISTATUS stays SUCCESS.
+            outcome = "error"
+            self.log.exception("agi_script_failed", uniqueid=channel.uniqueid,
+                               script=request.script)
+        finally:
+            session.close()
+            if session.lost:
+                self.sessions.discard(session)
+            self.stats[outcome] += 1
+            level = _OUTCOME_LEVEL.get(outcome, "info")
+            if level != "debug" or self._debug:
+                getattr(self.log, level)(
+                    "agi_script_finished",
+                    uniqueid=channel.uniqueid,
+                    script=request.script,
+                    outcome=outcome,
+                    hangup=channel.hangup.is_set(),
+                    duration_ms=round((time.monotonic() - started) * 1000, 1),
+                )
+
+
+# A routine successful call is debug (per-call info logging costs more CPU than the rest of
+# the call's Python code); anything an administrator should look at is info or above.
+_OUTCOME_LEVEL = {"success": "debug", "unknown_script": "warning", "error": "error"}

@@ -1,0 +1,293 @@
+"""The persistent pool of XMPP sessions, one per configured account, and the durable outbox.
+
+Theory of operation
+-------------------
+Sending (``send``): the message is written to the ``outbox`` table *first* (committed), then
+handed to the live session if there is one (``SUCCESS``) or left for later (``QUEUED``). A row
+stays ``pending`` until the session confirms the server has it (``stanza_acked``). Nothing that
+was accepted can be lost by a crash of ours or the server's: the row outlives both.
+
+Retransmission: when a session comes up *fresh* (a new stream, not a resumed one), every pending
+row of that account younger than ``outbox_ttl`` is sent again with its original stanza id, oldest
+first, so a receiver can drop duplicates by id. A *resumed* stream needs nothing from us: slixmpp
+replays its own unacknowledged stanzas. Rows older than ``outbox_ttl`` become ``expired``.
+
+Incoming: the sessions report roster, presence and messages here; presence goes to the
+``PresenceCache``, messages to the account's ``Inbox`` (and the archive). This is the only place
+where XMPP events meet storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+
+import structlog
+
+from .config import AccountConfig, Config
+from .inbox import InboundMessage, Inbox, Matcher
+from .jid import Jid
+from .presence import PresenceCache
+from .storage import AsyncStorage
+from .xmpp_session import NotOnline, XmppSession
+
+log = structlog.get_logger(__name__)
+
+
+class SendOutcome(StrEnum):
+    SUCCESS = "SUCCESS"
+    QUEUED = "QUEUED"
+
+
+@dataclass(slots=True)
+class PoolCounters:
+    sent: int = 0
+    queued: int = 0
+    acked: int = 0
+    retransmitted: int = 0
+    received: int = 0
+    expired: int = 0
+
+
+class XmppPool:
+    """Accounts → sessions; the outbox; the bridge from XMPP events to cache, inbox and archive."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: AsyncStorage,
+        presence: PresenceCache,
+        *,
+        session_factory: Callable[[AccountConfig, "XmppPool"], XmppSession] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.presence = presence
+        self.counters = PoolCounters()
+        self._clock = clock
+        factory = session_factory or (lambda account, pool: XmppSession(account, pool))
+        self.sessions: dict[str, XmppSession] = {
+            name: factory(account, self) for name, account in config.accounts.items()
+        }
+        self.inboxes: dict[str, Inbox] = {
+            name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
+        }
+        self._in_flight: dict[str, set[str]] = {name: set() for name in self.sessions}
+        self._resend_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
+        self._ack_batch: list[str] = []
+        self._ack_flush: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        online = sum(1 for s in self.sessions.values() if s.online)
+        return f"<XmppPool [{online} online, {len(self.sessions) - online} offline]>"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for session in self.sessions.values():
+            self._tasks.append(asyncio.create_task(session.run(), name=f"xmpp-{session.name}"))
+        self._tasks.append(asyncio.create_task(self._expire_loop(), name="outbox-expiry"))
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
+        for task in [*self._tasks, *self._resend_tasks.values()]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._resend_tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    def session(self, account: str) -> XmppSession:
+        return self.sessions[account]
+
+    def add_message_hook(self, hook: Callable[[str, InboundMessage], bool]) -> None:
+        """A hook sees each incoming message first; returning True consumes it (chat commands)."""
+        self._message_hooks.append(hook)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(self, account: str, to: Jid, body: str, kind: str = "chat") -> SendOutcome:
+        """Durably accept one message; SUCCESS if a live session took it, else QUEUED."""
+        stanza_id = f"agx-{uuid.uuid4().hex}"
+        # Both rows ride the same group commit; the reply waits for the outbox row to be durable.
+        await asyncio.gather(
+            self.storage.outbox_add(account, to.full, body, stanza_id, kind=kind),
+            self.storage.archive_add("out", account, to.bare, body, stanza_id),
+        )
+        session = self.sessions[account]
+        try:
+            self._write(session, to.full, body, stanza_id, kind)
+        except NotOnline:
+            self.counters.queued += 1
+            return SendOutcome.QUEUED
+        self.counters.sent += 1
+        return SendOutcome.SUCCESS
+
+    def _write(self, session: XmppSession, to: str, body: str, stanza_id: str, kind: str) -> None:
+        session.send_message(to, body, stanza_id, kind)
+        self._in_flight[session.name].add(stanza_id)
+
+    async def _resend_pending(self, account: str) -> None:
+        """After a fresh session: send every pending row again, with its original id."""
+        session = self.sessions[account]
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
+        pending = await self.storage.outbox_pending(account, cutoff)
+        in_flight = self._in_flight[account]
+        sent = 0
+        for item in pending:
+            if item.stanza_id in in_flight:
+                continue  # written on this stream already (a send raced this resend)
+            try:
+                self._write(session, item.to_jid, item.body, item.stanza_id, item.kind)
+            except NotOnline:
+                break  # the stream dropped again; the next fresh session resumes the job
+            await self.storage.outbox_attempted(item.stanza_id)
+            sent += 1
+        if sent:
+            self.counters.retransmitted += sent
+            log.info("outbox_retransmitted", account=account, count=sent)
+
+    async def _expire_loop(self) -> None:
+        ttl = self.config.general.outbox_ttl
+        while True:
+            cutoff = datetime.now(timezone.utc) - timedelta(seconds=ttl)
+            expired = await self.storage.outbox_expire(cutoff)
+            if expired:
+                self.counters.expired += expired
+                log.warning("outbox_expired", count=expired, ttl=ttl)
+            await asyncio.sleep(min(60.0, max(1.0, ttl / 10)))
+
+    # -- receiving (for jabber_receive and chat_menu) -------------------------------------------
+
+    async def receive(
+        self, account: str, matcher: Matcher, timeout: float, cancelled: asyncio.Event | None = None
+    ) -> InboundMessage | None:
+        """The oldest buffered match, or the next one to arrive within ``timeout``; None if not.
+
+        When ``cancelled`` is set (the caller hung up) the wait ends at once, and a message that
+        arrives afterwards stays in the buffer for others."""
+        inbox = self.inboxes[account]
+        message = inbox.take(matcher)
+        if message is not None:
+            return message
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[InboundMessage] = loop.create_future()
+
+        def deliver(msg: InboundMessage) -> bool:
+            if future.done():
+                return False
+            future.set_result(msg)
+            return True
+
+        waiter = inbox.add_waiter(matcher, deliver)
+        waits: list[asyncio.Future] = [future]
+        cancel_wait = None
+        if cancelled is not None:
+            cancel_wait = asyncio.ensure_future(cancelled.wait())
+            waits.append(cancel_wait)
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if cancel_wait is not None:
+                cancel_wait.cancel()
+        if future.done():
+            return future.result()
+        future.cancel()
+        return None
+
+    # -- SessionListener ------------------------------------------------------------------------
+
+    def session_online(self, account: str, *, resumed: bool) -> None:
+        if resumed:
+            return
+        self._in_flight[account].clear()
+        previous = self._resend_tasks.get(account)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        self._resend_tasks[account] = asyncio.create_task(
+            self._resend_pending(account), name=f"outbox-resend-{account}"
+        )
+
+    def session_offline(self, account: str, *, reason: str) -> None:
+        log.info("pool_session_offline", account=account, reason=reason)
+
+    def session_ended(self, account: str) -> None:
+        # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
+        self.presence.drop_presence(account)
+        self._in_flight[account].clear()
+
+    def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
+        self.presence.set_roster(account, bare_jids)
+
+    def roster_changed(self, account: str, bare: str, *, present: bool) -> None:
+        if present:
+            self.presence.roster_add(account, bare)
+        else:
+            self.presence.roster_remove(account, bare)
+
+    def presence_received(
+        self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
+    ) -> None:
+        self.presence.update(account, jid, available=available, show=show, priority=priority, status=status)
+
+    def message_received(self, account: str, message: InboundMessage) -> None:
+        self.counters.received += 1
+        for hook in self._message_hooks:
+            if hook(account, message):
+                return
+        self.inboxes[account].put(message)
+        asyncio.ensure_future(
+            self.storage.archive_add("in", account, message.sender.bare, message.body, message.stanza_id)
+        ).add_done_callback(_log_archive_failure)
+
+    def stanza_acked(self, account: str, stanza_id: str) -> None:
+        self._in_flight[account].discard(stanza_id)
+        self._ack_batch.append(stanza_id)
+        if self._ack_flush is None or self._ack_flush.done():
+            self._ack_flush = asyncio.create_task(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        """Mark confirmed rows in batches: one UPDATE per burst, not one per message."""
+        await asyncio.sleep(0)
+        while self._ack_batch:
+            batch, self._ack_batch = self._ack_batch, []
+            count = await self.storage.outbox_acked(batch)
+            self.counters.acked += count
+
+    # -- views for show commands, health and metrics --------------------------------------------
+
+    def connections(self) -> list[dict[str, object]]:
+        now = asyncio.get_running_loop().time()
+        rows = []
+        for name, session in self.sessions.items():
+            rows.append(
+                {
+                    "account": name,
+                    "jid": session.bare_jid,
+                    "state": session.state,
+                    "connected_for": None
+                    if session.connected_since is None
+                    else round(now - session.connected_since, 1),
+                    "reconnects": session.reconnects,
+                    "last_error": session.last_error,
+                    "rooms": sorted(session.joined_rooms()),
+                    "inbox": len(self.inboxes[name]),
+                }
+            )
+        return rows
+
+    def all_online(self) -> bool:
+        return all(s.online for s in self.sessions.values())
+
+
+def _log_archive_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("archive_write_failed", error=repr(task.exception()))
+

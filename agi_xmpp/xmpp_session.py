@@ -1,0 +1,578 @@
+"""One XMPP account's connection: a slixmpp client under our own supervision.
+
+This is the only module that touches slixmpp. It turns slixmpp's events into calls on a
+:class:`SessionListener` (plain data: ``Jid``, ``InboundMessage``), and offers the pool a small
+surface: ``send_message``, ``join_room``, ``leave_room``, ``run``, ``stop``.
+
+Theory of operation
+-------------------
+``run()`` is a supervisor loop; the states are::
+
+    connecting ──session_start/session_resumed──> online ──disconnected──> offline
+        ^  │                                         │                      │
+        │  └─ failed / negotiation watchdog ─────────┴──────────────────────┤
+        └──────────────── back-off: 1 s doubling to 60 s, with jitter ──────┘
+
+- We drive reconnection ourselves: slixmpp does not reconnect after an established session drops,
+  and it has no timeout on stream negotiation, so every attempt runs under a watchdog
+  (``negotiation_timeout``) and is aborted when it expires.
+- The back-off resets after a session that was established.
+- One client object lives for the whole life of the account, so XEP-0198 can resume the stream
+  after a TCP drop; ``session_resumed`` keeps presence, a real ``session_end`` drops it.
+- Delivery to the server is confirmed with a *barrier*: after each burst of messages we send a
+  XEP-0199 ping to our server; its reply proves the server has read every stanza we wrote before
+  it (a c2s stream is processed in order). This works the same with or without XEP-0198, which we
+  use for resumption. Confirmed stanza ids go to ``listener.stanza_acked``.
+- Keepalive: a ping to our server every ``keepalive_interval`` seconds; no answer within
+  ``keepalive_timeout`` aborts the link (a TCP connection that went silent without a FIN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import slixmpp
+import structlog
+from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.xmlstream import ET
+
+from .config import AccountConfig
+from .errors import InvalidJid, ScriptError
+from .inbox import InboundMessage
+from .jid import Jid, parse_jid
+
+log = structlog.get_logger(__name__)
+
+MUC_NS = "http://jabber.org/protocol/muc"
+MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+
+
+class SessionListener(Protocol):
+    """What a session reports to. Implemented by the pool; every call is synchronous and quick."""
+
+    def session_online(self, account: str, *, resumed: bool) -> None: ...
+    def session_offline(self, account: str, *, reason: str) -> None: ...
+    def session_ended(self, account: str) -> None: ...
+    def roster_replaced(self, account: str, bare_jids: set[str]) -> None: ...
+    def roster_changed(self, account: str, bare: str, *, present: bool) -> None: ...
+    def presence_received(
+        self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
+    ) -> None: ...
+    def message_received(self, account: str, message: InboundMessage) -> None: ...
+    def stanza_acked(self, account: str, stanza_id: str) -> None: ...
+
+
+class NotOnline(Exception):
+    """The session has no live stream right now."""
+
+
+class RoomJoinFailed(ScriptError):
+    """The room refused the join, or did not confirm it in time."""
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential back-off with full jitter on the upper half: 1, 2, 4 ... 60 s."""
+
+    initial: float = 1.0
+    cap: float = 60.0
+    rng: Callable[[], float] = random.random
+    _next: float = field(default=0.0, init=False)
+
+    def reset(self) -> None:
+        self._next = 0.0
+
+    def next_delay(self) -> float:
+        self._next = self.initial if self._next == 0 else min(self.cap, self._next * 2)
+        # Jitter spreads reconnect storms when a server with many clients comes back.
+        return self._next * (0.5 + 0.5 * self.rng())
+
+
+_shared_contexts: dict[tuple[bool, str | None], ssl.SSLContext] = {}
+
+
+def ssl_context_for(account: AccountConfig) -> ssl.SSLContext:
+    """One shared context per (verify, cafile): building one per client costs ~41 ms and 0.9 MiB."""
+    key = (account.tls_verify, account.cafile)
+    context = _shared_contexts.get(key)
+    if context is None:
+        context = ssl.create_default_context(cafile=account.cafile)
+        if not account.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        _shared_contexts[key] = context
+    return context
+
+
+@dataclass(slots=True)
+class _Room:
+    nick: str
+    joined: bool = False
+    waiter: asyncio.Future[None] | None = None
+
+
+class XmppSession:
+    """Supervises one account's slixmpp client; see the module docstring for the states."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        listener: SessionListener,
+        *,
+        negotiation_timeout: float = 20.0,
+        keepalive_interval: float = 60.0,
+        keepalive_timeout: float = 20.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.account = account
+        self.name = account.name
+        self._listener = listener
+        self._negotiation_timeout = negotiation_timeout
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_timeout = keepalive_timeout
+        self._backoff = backoff or Backoff()
+        self._client: slixmpp.ClientXMPP | None = None
+        self.state = "stopped"
+        self.last_error = ""
+        self.connected_since: float | None = None
+        self.reconnects = 0
+        self._stopping = False
+        self._attempt: asyncio.Future[bool] | None = None
+        self._link_down = asyncio.Event()
+        self._rooms: dict[str, _Room] = {}
+        self._unconfirmed: list[str] = []
+        self._barrier_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._jid = parse_jid(account.username)
+        self.log = log.bind(account=self.name)
+
+    def __repr__(self) -> str:
+        return f"<XmppSession {self.name} {self.state} rooms={len(self._rooms)}>"
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+    @property
+    def bare_jid(self) -> str:
+        return self._jid.bare
+
+    # -- supervisor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect with back-off, until ``stop()``."""
+        self._client = self._build_client()
+        try:
+            while not self._stopping:
+                if await self._connect_once():
+                    self._backoff.reset()
+                    await self._link_down.wait()
+                    self.reconnects += 1
+                if self._stopping:
+                    break
+                delay = self._backoff.next_delay()
+                self.log.info("xmpp_reconnect_scheduled", delay=round(delay, 2), reason=self.last_error)
+                await asyncio.sleep(delay)
+        finally:
+            self._cancel_helpers()
+            self.state = "stopped"
+
+    async def stop(self) -> None:
+        """Close the stream politely (2 s at most) and end ``run()``."""
+        self._stopping = True
+        self._link_down.set()
+        client = self._client
+        if client is None:
+            return
+        client.cancel_connection_attempt()
+        if client.transport is not None:
+            try:
+                await asyncio.wait_for(client.disconnect(wait=1.0, reason="shutdown"), 2.0)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - shutting down anyway
+                client.abort()
+
+    async def _connect_once(self) -> bool:
+        """One attempt: TCP, TLS, SASL, bind; True once the session is usable."""
+        assert self._client is not None
+        loop = asyncio.get_running_loop()
+        self._attempt = loop.create_future()
+        self._link_down.clear()
+        self.state = "connecting"
+        host = self.account.serverhost
+        port = self.account.port if host else None
+        self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
+        self._client.connect(host, port) if host else self._client.connect()
+        try:
+            async with asyncio.timeout(self._negotiation_timeout):
+                await self._attempt
+            return True
+        except (TimeoutError, ConnectionError) as exc:
+            self.last_error = str(exc) or "stream negotiation timed out"
+            self.log.warning("xmpp_connect_failed", error=self.last_error)
+            self._client.cancel_connection_attempt()
+            self._client.abort()
+            self.state = "offline"
+            return False
+        finally:
+            self._attempt = None
+
+    def _attempt_failed(self, reason: str) -> None:
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.set_exception(ConnectionError(reason))
+
+    # -- slixmpp client and its events ----------------------------------------------------------
+
+    def _build_client(self) -> slixmpp.ClientXMPP:
+        account = self.account
+        full = f"{self._jid.bare}/{account.resource}"
+        client = slixmpp.ClientXMPP(full, account.secret)
+        client.ssl_context = ssl_context_for(account)
+        if account.forceoldssl:
+            client.enable_starttls = False
+            client.enable_direct_tls = True
+        else:
+            client.enable_direct_tls = False
+            client.enable_starttls = True
+        # usetls=no allows a plaintext stream when the server offers no TLS; we never refuse TLS.
+        client.enable_plaintext = not account.usetls
+        client.register_plugin("xep_0030")
+        client.register_plugin("xep_0199", {"keepalive": False})  # answers server pings
+        client.register_plugin("xep_0198", {"allow_resume": True})
+        client.whitespace_keepalive = False
+        roster = client.roster[client.boundjid.bare]
+        # res_xmpp's auth_policy: accept (default) authorises and subscribes back; deny refuses.
+        client.roster.auto_authorize = account.auth_policy == "accept"
+        client.roster.auto_subscribe = account.auth_policy == "accept"
+        roster.auto_authorize = client.roster.auto_authorize
+        roster.auto_subscribe = client.roster.auto_subscribe
+
+        handlers: dict[str, Callable] = {
+            "session_start": self._on_session_start,
+            "session_resumed": self._on_session_resumed,
+            "session_end": self._on_session_end,
+            "disconnected": self._on_disconnected,
+            "connection_failed": self._on_connection_failed,
+            "failed_all_auth": self._on_auth_failed,
+            "stream_error": self._on_stream_error,
+            "roster_update": self._on_roster_update,
+            "presence": self._on_presence,
+            "message": self._on_message,
+        }
+        for event, handler in handlers.items():
+            client.add_event_handler(event, self._guarded(handler))
+        return client
+
+    def _guarded(self, handler: Callable) -> Callable:
+        """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
+
+        def call(arg: object) -> None:
+            try:
+                result = handler(arg)
+                if asyncio.iscoroutine(result):
+                    task = asyncio.ensure_future(result)
+                    task.add_done_callback(self._log_task_error)
+            except Exception:  # noqa: BLE001
+                self.log.exception("xmpp_handler_failed", handler=handler.__name__)
+
+        return call
+
+    def _log_task_error(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("xmpp_handler_failed", error=repr(task.exception()))
+
+    async def _on_session_start(self, _event: object) -> None:
+        """A fresh session: fetch the roster, announce presence, re-join rooms, then go online."""
+        client = self._client
+        assert client is not None
+        try:
+            await client.get_roster(timeout=self._negotiation_timeout)
+        except (IqError, IqTimeout) as exc:
+            self.log.warning("xmpp_roster_failed", error=str(exc))
+        self._announce_presence()
+        self._apply_buddy_policy()
+        self._go_online(resumed=False)
+        for room, state in list(self._rooms.items()):
+            state.joined = False
+            asyncio.ensure_future(self._rejoin(room, state.nick)).add_done_callback(self._log_task_error)
+
+    def _on_session_resumed(self, _event: object) -> None:
+        self._go_online(resumed=True)
+        # slixmpp re-sent its unacked stanzas; confirm them with a fresh barrier.
+        self._schedule_barrier()
+
+    def _go_online(self, *, resumed: bool) -> None:
+        loop = asyncio.get_running_loop()
+        self.state = "online"
+        self.last_error = ""
+        self.connected_since = loop.time()
+        self.log.info("xmpp_session_online", resumed=resumed)
+        if self._keepalive_task is None or self._keepalive_task.done():
+            self._keepalive_task = asyncio.ensure_future(self._keepalive())
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.set_result(True)
+        self._listener.session_online(self.name, resumed=resumed)
+
+    def _on_session_end(self, _event: object) -> None:
+        """The stream is gone for good (not resumable): everything tied to it is stale."""
+        self._unconfirmed.clear()
+        for state in self._rooms.values():
+            state.joined = False
+        self._listener.session_ended(self.name)
+
+    def _on_disconnected(self, reason: object) -> None:
+        was_online = self.state == "online"
+        self.state = "offline"
+        self.connected_since = None
+        if reason:
+            self.last_error = str(reason)
+        self._cancel_helpers()
+        self._attempt_failed(self.last_error or "disconnected")
+        if was_online:
+            self.log.warning("xmpp_session_offline", reason=self.last_error)
+            self._listener.session_offline(self.name, reason=self.last_error)
+        self._link_down.set()
+
+    def _on_connection_failed(self, error: object) -> None:
+        self.last_error = f"connection failed: {error}"
+        self._attempt_failed(self.last_error)
+
+    def _on_auth_failed(self, _event: object) -> None:
+        self.last_error = "authentication failed"
+        self._attempt_failed(self.last_error)
+
+    def _on_stream_error(self, error: object) -> None:
+        condition = getattr(error, "get", lambda *_: None)("condition") or "stream error"
+        self.last_error = f"stream error: {condition}"
+
+    def _cancel_helpers(self) -> None:
+        for task in (self._keepalive_task, self._barrier_task):
+            if task is not None and not task.done():
+                task.cancel()
+        self._keepalive_task = self._barrier_task = None
+
+    # -- roster and presence --------------------------------------------------------------------
+
+    def _announce_presence(self) -> None:
+        account = self.account
+        show = None if account.status == "available" else account.status
+        self._client.send_presence(  # type: ignore[union-attr]
+            pshow=show, pstatus=account.statusmessage, ppriority=account.priority
+        )
+
+    def _apply_buddy_policy(self) -> None:
+        """res_xmpp semantics: ``buddy`` entries are subscribed to when ``autoregister`` is on,
+        and roster items not listed as buddies are removed when ``autoprune`` is on."""
+        client = self._client
+        assert client is not None
+        roster = client.client_roster
+        wanted = {b.lower() for b in self.account.buddies}
+        if self.account.autoregister:
+            for buddy in wanted:
+                item = roster[buddy]
+                if item["subscription"] not in ("to", "both") and not item["pending_out"]:
+                    client.send_presence(pto=buddy, ptype="subscribe")
+                    client.update_roster(buddy, subscription=item["subscription"] or "none")
+        if self.account.autoprune:
+            for jid in list(roster.keys()):
+                if jid != self._jid.bare and jid.lower() not in wanted and roster[jid]["subscription"] != "none":
+                    client.del_roster_item(jid)
+
+    def _on_roster_update(self, iq: object) -> None:
+        items = iq["roster"]["items"]  # type: ignore[index]
+        if iq["type"] == "result":  # type: ignore[index]
+            bare = {str(jid).lower() for jid, item in items.items() if item.get("subscription") != "remove"}
+            self._listener.roster_replaced(self.name, bare)
+            return
+        for jid, item in items.items():
+            self._listener.roster_changed(
+                self.name, str(jid).lower(), present=item.get("subscription") != "remove"
+            )
+
+    def _on_presence(self, presence: object) -> None:
+        kind = presence.xml.get("type")  # type: ignore[attr-defined]
+        if kind not in (None, "unavailable", "error"):
+            return  # subscription traffic is handled by slixmpp's roster
+        try:
+            sender = parse_jid(str(presence["from"]))  # type: ignore[index]
+        except InvalidJid:
+            self.log.info("xmpp_presence_bad_from")
+            return
+        room = self._rooms.get(sender.bare)
+        if room is not None:
+            self._on_room_presence(room, sender, presence, kind)
+            return
+        if kind == "error":
+            return
+        try:
+            priority = int(presence["priority"] or 0)  # type: ignore[index]
+        except (TypeError, ValueError):
+            priority = 0
+        self._listener.presence_received(
+            self.name,
+            sender,
+            available=kind is None,
+            show=presence.xml.findtext("{jabber:client}show"),  # type: ignore[attr-defined]
+            priority=max(-128, min(127, priority)),
+            status=presence.xml.findtext("{jabber:client}status") or "",  # type: ignore[attr-defined]
+        )
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def _on_message(self, msg: object) -> None:
+        kind = msg["type"] or "normal"  # type: ignore[index]
+        if kind not in ("chat", "normal", "groupchat"):
+            return
+        body = msg.xml.findtext("{jabber:client}body")  # type: ignore[attr-defined]
+        if not body:
+            return
+        try:
+            sender = parse_jid(str(msg["from"]))  # type: ignore[index]
+        except InvalidJid:
+            self.log.info("xmpp_message_bad_from")
+            return
+        if kind == "groupchat" and msg.xml.find("{urn:xmpp:delay}delay") is not None:  # type: ignore[attr-defined]
+            return  # room history replayed on join is not a new message
+        loop = asyncio.get_running_loop()
+        self._listener.message_received(
+            self.name,
+            InboundMessage(
+                sender=sender,
+                body=body,
+                kind=kind,
+                stanza_id=msg["id"] or "",  # type: ignore[index]
+                received_at=loop.time(),
+            ),
+        )
+
+    def send_message(self, to: str, body: str, stanza_id: str, kind: str = "chat") -> None:
+        """Write one message on the live stream; confirmation arrives via ``stanza_acked``."""
+        if not self.online or self._client is None:
+            raise NotOnline(self.name)
+        message = self._client.make_message(mto=to, mbody=body, mtype=kind)
+        message["id"] = stanza_id
+        message.send()
+        self._unconfirmed.append(stanza_id)
+        self._schedule_barrier()
+
+    def _schedule_barrier(self) -> None:
+        if self._barrier_task is None or self._barrier_task.done():
+            self._barrier_task = asyncio.ensure_future(self._barrier())
+
+    async def _barrier(self) -> None:
+        """Ping our server until every id written so far is confirmed; one ping in flight."""
+        while self._unconfirmed and self.online and self._client is not None:
+            batch, self._unconfirmed = self._unconfirmed, []
+            try:
+                await self._client.plugin["xep_0199"].send_ping(
+                    self._client.boundjid.domain, timeout=self._keepalive_timeout
+                )
+            except IqError:
+                pass  # an error reply is still a reply: the server read everything before it
+            except (IqTimeout, asyncio.CancelledError):
+                self._unconfirmed[:0] = batch
+                raise
+            for stanza_id in batch:
+                self._listener.stanza_acked(self.name, stanza_id)
+
+    async def _keepalive(self) -> None:
+        client = self._client
+        assert client is not None
+        while True:
+            await asyncio.sleep(self._keepalive_interval)
+            try:
+                await client.plugin["xep_0199"].send_ping(
+                    client.boundjid.domain, timeout=self._keepalive_timeout
+                )
+            except IqError:
+                continue
+            except IqTimeout:
+                self.log.warning("xmpp_keepalive_timeout")
+                self.last_error = "keepalive ping timed out"
+                client.abort()
+                return
+
+    # -- group chat -----------------------------------------------------------------------------
+
+    def joined_rooms(self) -> dict[str, str]:
+        return {room: state.nick for room, state in self._rooms.items() if state.joined}
+
+    def room_nick(self, room: str) -> str | None:
+        state = self._rooms.get(room)
+        return state.nick if state is not None and state.joined else None
+
+    async def join_room(self, room: Jid, nick: str, timeout: float = 10.0) -> None:
+        """Join and wait for the room's self-presence; raises ``RoomJoinFailed``."""
+        if not self.online or self._client is None:
+            raise RoomJoinFailed(f"account '{self.name}' is not connected")
+        state = self._rooms.get(room.bare)
+        if state is not None and state.joined and state.nick == nick:
+            return
+        loop = asyncio.get_running_loop()
+        state = _Room(nick=nick, waiter=loop.create_future())
+        self._rooms[room.bare] = state
+        self._send_join(room.bare, nick)
+        try:
+            async with asyncio.timeout(timeout):
+                await state.waiter  # type: ignore[misc]
+        except TimeoutError:
+            self._rooms.pop(room.bare, None)
+            raise RoomJoinFailed(f"room {room.bare} did not confirm the join within {timeout:g} s") from None
+        except RoomJoinFailed:
+            self._rooms.pop(room.bare, None)
+            raise
+
+    async def _rejoin(self, room: str, nick: str) -> None:
+        try:
+            await self.join_room(parse_jid(room), nick)
+            self.log.info("xmpp_room_rejoined", room=room)
+        except RoomJoinFailed as exc:
+            self.log.warning("xmpp_room_rejoin_failed", room=room, error=str(exc))
+            # keep it listed so the next fresh session tries again
+            self._rooms.setdefault(room, _Room(nick=nick))
+
+    def _send_join(self, room: str, nick: str) -> None:
+        presence = self._client.make_presence(pto=f"{room}/{nick}")  # type: ignore[union-attr]
+        x = ET.Element(f"{{{MUC_NS}}}x")
+        history = ET.SubElement(x, f"{{{MUC_NS}}}history")
+        history.set("maxstanzas", "0")  # old room chatter must not answer a new jabber_receive
+        presence.append(x)
+        presence.send()
+
+    async def leave_room(self, room: Jid, nick: str | None = None) -> bool:
+        """Leave a room; False when we were not in it."""
+        state = self._rooms.pop(room.bare, None)
+        if state is None:
+            return False
+        if self.online and self._client is not None:
+            self._client.send_presence(pto=f"{room.bare}/{nick or state.nick}", ptype="unavailable")
+        return True
+
+    def _on_room_presence(self, room: _Room, sender: Jid, presence: object, kind: str | None) -> None:
+        if sender.resource != room.nick:
+            return  # other occupants' presence is not ours to track
+        waiter = room.waiter
+        if kind == "error":
+            condition = presence["error"]["condition"] or "refused"  # type: ignore[index]
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(RoomJoinFailed(f"room {sender.bare} refused the join: {condition}"))
+            return
+        if kind == "unavailable":
+            room.joined = False
+            return
+        room.joined = True
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- introspection for `show buddies` -------------------------------------------------------
+
+    def roster_items(self) -> Iterable[tuple[str, str]]:
+        """(bare JID, subscription) for every roster entry with a real subscription state."""
+        if self._client is None:
+            return []
+        roster = self._client.client_roster
+        return [(jid, roster[jid]["subscription"]) for jid in roster.keys()]

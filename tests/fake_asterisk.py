@@ -1,0 +1,143 @@
+"""Asterisk's side of FastAGI, for tests that drive the real server without a real Asterisk.
+
+It sends a full environment block, answers every command as res_agi.c would (``200 result=1``,
+``GET FULL VARIABLE`` from a dict of channel variables), parses our command lines with a port of
+Asterisk's ``parse_args``, and can hang up (``HANGUP`` line) at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from dataclasses import dataclass, field
+from urllib.parse import quote as urlquote
+
+
+def asterisk_parse_args(line: str) -> list[str]:
+    """Split a command line exactly as res_agi.c's parse_args() does (quotes, backslashes)."""
+    args: list[str] = []
+    current: list[str] | None = None
+    quoted = escaped = False
+    for ch in line:
+        if ch == '"' and not escaped:
+            quoted = not quoted
+            if quoted and current is None:
+                current = []
+            continue
+        if ch in " \t" and not quoted and not escaped:
+            if current is not None:
+                args.append("".join(current))
+                current = None
+            continue
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        if current is None:
+            current = []
+        current.append(ch)
+        escaped = False
+    if current is not None:
+        args.append("".join(current))
+    return args
+
+
+@dataclass
+class CallResult:
+    variables: dict[str, str] = field(default_factory=dict)
+    commands: list[list[str]] = field(default_factory=list)
+    closed_by_server: bool = False
+
+
+_FULL_VARIABLE = re.compile(r"^\$\{BASE64_ENCODE\(\$\{([A-Za-z0-9_]+)\}\)\}$")
+
+
+async def agi_call(
+    port: int,
+    script: str,
+    *args: str,
+    host: str = "127.0.0.1",
+    channel_vars: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    hangup_after: float | None = None,
+    agi_version: str = "22.6.0",
+    timeout: float = 30.0,
+) -> CallResult:
+    """One AGI() call: returns every variable the script set, in order, and every command."""
+    reader, writer = await asyncio.open_connection(host, port)
+    result = CallResult()
+    channel_vars = dict(channel_vars or {})
+    block = {
+        "agi_network": "yes",
+        "agi_network_script": script,
+        "agi_request": f"agi://{host}:{port}/{script}",
+        "agi_channel": "Local/100@test-00000001;2",
+        "agi_language": "en",
+        "agi_type": "Local",
+        "agi_uniqueid": "1700000000.1",
+        "agi_version": agi_version,
+        "agi_callerid": "5551234",
+        "agi_calleridname": "Test Caller",
+        "agi_dnid": "100",
+        "agi_context": "test",
+        "agi_extension": "100",
+        "agi_priority": "1",
+        "agi_enhanced": "0.0",
+        "agi_accountcode": "",
+        "agi_threadid": "140000000000",
+    }
+    block.update(env or {})
+    for index, value in enumerate(args, start=1):
+        block[f"agi_arg_{index}"] = value
+    writer.write("".join(f"{k}: {v}\n" for k, v in block.items()).encode() + b"\n")
+    await writer.drain()
+    hung_up = False
+
+    async def hang_up_later() -> None:
+        nonlocal hung_up
+        await asyncio.sleep(hangup_after)  # type: ignore[arg-type]
+        hung_up = True
+        writer.write(b"HANGUP\n")
+        await writer.drain()
+
+    hanger = asyncio.create_task(hang_up_later()) if hangup_after is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await reader.readline()
+                if not line:
+                    result.closed_by_server = True
+                    break
+                words = asterisk_parse_args(line.decode().rstrip("\n"))
+                result.commands.append(words)
+                upper = [w.upper() for w in words[:2]]
+                if upper == ["SET", "VARIABLE"] and len(words) >= 4:
+                    result.variables[words[2]] = words[3]
+                    channel_vars[words[2]] = words[3]
+                    reply = "200 result=1"
+                elif upper == ["GET", "FULL"] and len(words) >= 4:
+                    match = _FULL_VARIABLE.match(words[3])
+                    value = channel_vars.get(match.group(1)) if match else None
+                    if value is None:
+                        reply = "200 result=0"
+                    else:
+                        encoded = base64.b64encode(value.encode()).decode()
+                        reply = f"200 result=1 ({encoded})"
+                else:
+                    reply = "200 result=0"
+                if hung_up:
+                    reply = "511 Command Not Permitted on a dead channel or intercept routine"
+                writer.write(reply.encode() + b"\n")
+                await writer.drain()
+    finally:
+        if hanger is not None:
+            hanger.cancel()
+        writer.close()
+    return result
+
+
+def script_url(name: str, **options: str) -> str:
+    """``name?key=value`` as it appears in agi_network_script."""
+    if not options:
+        return name
+    return name + "?" + "&".join(f"{k}={urlquote(v)}" for k, v in options.items())
