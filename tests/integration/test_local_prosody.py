@@ -19,7 +19,7 @@ import pytest
 
 from agi_xmpp.local_prosody import LocalProsody, LocalProsodyError, ensure_demo, stop_demo
 
-from conftest import XmppConnectError, XmppTestClient  # tests/integration is on sys.path (rootdir-relative "prepend" import)
+from xmpp_client import XmppConnectError, XmppTestClient  # tests/integration is on sys.path (rootdir-relative "prepend" import)
 
 pytestmark = pytest.mark.integration
 

@@ -1,43 +1,21 @@
-"""Fixtures for tests that run against a real Prosody (``LocalProsody``).
-
-- ``prosody`` (session): one running server shared by the whole run, in a temporary directory.
-  Do not kill, pause or restart it; use ``private_prosody`` for that.
-- ``private_prosody`` (function): a server of the test's own, started, stopped afterwards.
-- ``xmpp_accounts`` (function): ``make_account(prefix="user") -> (jid, password)``, a fresh
-  account on ``prosody`` every call.
-- ``xmpp_client`` (function, async): ``await xmpp_client(jid, password, **kw)`` connects an
-  ``XmppTestClient`` to ``prosody`` (TLS verified against its certificate) and disconnects it
-  when the test ends.
-
-``XmppTestClient`` plays the human on the other side::
-
-    async def test_example(xmpp_accounts, xmpp_client):
-        alice_jid, alice_pw = xmpp_accounts("alice")
-        bob_jid, bob_pw = xmpp_accounts("bob")
-        alice = await xmpp_client(alice_jid, alice_pw)
-        bob = await xmpp_client(bob_jid, bob_pw, show="away", status="lunch", priority=5)
-        alice.send_message(bob_jid, "hello")
-        msg = await bob.next_message(timeout=5, sender=alice_jid)
-        assert msg.body == "hello"
-"""
+"""The human on the other side of a chat: a slixmpp client for tests (``XmppTestClient``)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import functools
-import itertools
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
-from agi_xmpp.local_prosody import LocalProsody, LocalProsodyError
+from agi_xmpp.local_prosody import LocalProsody
+
 
 LOOPBACK = "127.0.0.1"
 SHOWS = ("chat", "away", "xa", "dnd")
@@ -402,72 +380,3 @@ class XmppTestClient:
         return f"<XmppTestClient {self.jid} -> {self.host}:{self.port} {state}>"
 
 
-# -- fixtures ---------------------------------------------------------------------------------
-
-
-def _start_or_fail(server: LocalProsody) -> LocalProsody:
-    try:
-        server.start()
-    except LocalProsodyError as exc:
-        pytest.fail(f"could not start Prosody: {exc}", pytrace=False)
-    return server
-
-
-@pytest.fixture(scope="session")
-def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProsody]:
-    """One running Prosody for the whole session (do not kill/pause it: use private_prosody)."""
-    server = _start_or_fail(LocalProsody(tmp_path_factory.mktemp("prosody")))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def private_prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProsody]:
-    """A running Prosody of this test's own, free to kill, pause and restart."""
-    server = _start_or_fail(LocalProsody(tmp_path_factory.mktemp("private-prosody")))
-    try:
-        yield server
-    finally:
-        if server.is_paused:
-            server.resume()
-        server.stop()
-
-
-_account_numbers = itertools.count(1)
-
-
-@pytest.fixture
-def xmpp_accounts(prosody: LocalProsody) -> Callable[..., tuple[str, str]]:
-    """``make_account(prefix="user") -> (bare_jid, password)``: a fresh account on ``prosody``."""
-
-    def make_account(prefix: str = "user") -> tuple[str, str]:
-        user = f"{prefix.lower()}-{next(_account_numbers)}-{secrets.token_hex(3)}"
-        password = secrets.token_urlsafe(12)
-        return prosody.register(user, password), password
-
-    return make_account
-
-
-@pytest.fixture
-async def xmpp_client(
-    prosody: LocalProsody,
-) -> AsyncIterator[Callable[..., Awaitable[XmppTestClient]]]:
-    """``await xmpp_client(jid, password, *, show=, status=, priority=, presence=True,
-    resource="test", server=prosody)``: a connected client verifying TLS against the server's
-    certificate; disconnected when the test ends."""
-    clients: list[XmppTestClient] = []
-
-    async def connect(jid: str, password: str, *, server: LocalProsody | None = None,
-                      show: str | None = None, status: str | None = None,
-                      priority: int | None = None, presence: bool = True,
-                      timeout: float = 10.0, **kwargs: Any) -> XmppTestClient:
-        client = XmppTestClient.for_prosody(server or prosody, jid, password, **kwargs)
-        clients.append(client)
-        await client.connect(timeout, presence=presence, show=show, status=status,
-                             priority=priority)
-        return client
-
-    yield connect
-    await asyncio.gather(*(c.disconnect() for c in clients), return_exceptions=True)

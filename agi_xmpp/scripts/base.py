@@ -1,0 +1,122 @@
+"""The dialplan scripts, registered by name with the help text users see.
+
+One module per feature area: ``core`` (the res_xmpp equivalents), and the modules listed in
+``SCRIPT_MODULES``. This module holds what they share: the registry, the ``dialplan_script``
+wrapper and argument helpers.
+
+Every script declares all the variables it documents; the ``dialplan_script`` wrapper sets every
+one of them on every run (empty unless the script filled it), so nothing from an earlier call can
+leak into a later decision. A ``ScriptError`` becomes ``*_STATUS=FAILURE`` plus a one-line
+``*_ERROR``; the caller is never hung up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+
+from ..agi_protocol import check_variable_name
+from ..agi_server import Channel, ScriptRegistry
+from ..config import AccountConfig
+from ..errors import LocalProtocolError, ScriptError
+from ..inbox import Matcher
+from ..jid import Jid, parse_jid
+from ..services import Services
+
+registry = ScriptRegistry()
+
+Variables = dict[str, str]
+ScriptBody = Callable[[Channel, Services, Variables], Awaitable[None]]
+
+
+def dialplan_script(
+    name: str, *, variables: Iterable[str], status: str | None, error: str, help: str
+) -> Callable[[ScriptBody], ScriptBody]:
+    """Register ``body`` as script ``name``; it fills ``out``, we set every variable after it."""
+    names = tuple(variables)
+
+    def decorate(body: ScriptBody) -> ScriptBody:
+        @registry.script(name, help=help)
+        async def run(channel: Channel, services: Services) -> None:
+            out: Variables = dict.fromkeys(names, "")
+            try:
+                await body(channel, services, out)
+            except ScriptError as exc:
+                for key in out:
+                    out[key] = ""
+                if status is not None:
+                    out[status] = "FAILURE"
+                out[error] = str(exc)
+                channel.log.info("script_failed", error=str(exc))
+            else:
+                out[error] = ""
+            for key, value in out.items():
+                await channel.set_variable(key, value)
+
+        run.__name__ = body.__name__
+        return body
+
+    return decorate
+
+
+# -- argument helpers ---------------------------------------------------------------------------
+
+
+def arg(channel: Channel, index: int) -> str:
+    """Positional argument ``index`` (0-based), stripped; empty when absent."""
+    return channel.args[index].strip() if index < len(channel.args) else ""
+
+
+def required_jid(channel: Channel, index: int, what: str = "JID") -> Jid:
+    text = arg(channel, index)
+    if not text:
+        raise ScriptError(f"missing {what} argument")
+    return parse_jid(text)
+
+
+def account_for(channel: Channel, services: Services) -> AccountConfig:
+    account = services.config.account(arg(channel, 0))
+    return account
+
+
+async def message_text(channel: Channel, services: Services, first: int) -> str:
+    """A trailing free-text argument (the rest joined with ','), or channel variable ``var=``."""
+    source = channel.options.get("var")
+    if source:
+        try:
+            check_variable_name(source)
+        except LocalProtocolError as exc:
+            raise ScriptError(f"invalid var= name: {exc}") from None
+        text = await channel.get_variable_exact(source)
+    else:
+        text = ",".join(channel.args[first:])
+    if not text.strip():
+        raise ScriptError("empty message")
+    limit = services.config.general.max_message_bytes
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise ScriptError(f"message is {size} bytes, more than max_message_bytes ({limit})")
+    return text
+
+
+def positive_seconds(text: str, default: float, maximum: float, what: str = "TIMEOUT") -> float:
+    """A positive number of seconds; empty means ``default``; clamped to ``maximum``."""
+    if not text:
+        return min(default, maximum)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ScriptError(f"{what} must be a positive number of seconds, not {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ScriptError(f"{what} must be a positive number of seconds, not {text!r}")
+    return min(value, maximum)
+
+
+def receive_matcher(services: Services, account: str, jid: Jid) -> Matcher:
+    """A room JID the account has joined means "the room's next message"; otherwise the sender."""
+    if jid.is_bare:
+        nick = services.pool.session(account).room_nick(jid.bare)
+        if nick is not None:
+            return Matcher.for_room(jid, nick)
+    return Matcher.for_jid(jid)
+
+

@@ -1,0 +1,103 @@
+"""The res_xmpp equivalents: jabber_send, jabber_status, jabber_receive."""
+
+from __future__ import annotations
+
+from ..agi_protocol import check_variable_name
+from ..agi_server import Channel
+from ..errors import LocalProtocolError, ScriptError
+from ..services import Services
+from ..values import b64, sanitize
+from .base import (
+    Variables,
+    account_for,
+    arg,
+    dialplan_script,
+    message_text,
+    positive_seconds,
+    receive_matcher,
+    required_jid,
+)
+
+
+# -- the res_xmpp equivalents -------------------------------------------------------------------
+
+
+@dialplan_script(
+    "jabber_send",
+    variables=("JABBER_SEND_STATUS", "JABBER_SEND_ERROR"),
+    status="JABBER_SEND_STATUS",
+    error="JABBER_SEND_ERROR",
+    help="jabber_send,ACCOUNT,JID,MESSAGE...  (option var=NAME reads the message from ${NAME})\n"
+    "Sends a chat message. JABBER_SEND_STATUS: SUCCESS (handed to a live session), QUEUED (stored,\n"
+    "sent when the account reconnects, within outbox_ttl) or FAILURE (see JABBER_SEND_ERROR).",
+)
+async def jabber_send(channel: Channel, services: Services, out: Variables) -> None:
+    account = account_for(channel, services)
+    to = required_jid(channel, 1)
+    body = await message_text(channel, services, first=2)
+    outcome = await services.pool.send(account.name, to, body)
+    out["JABBER_SEND_STATUS"] = outcome.value
+
+
+@dialplan_script(
+    "jabber_status",
+    variables=("JABBER_STATUS", "JABBER_STATUS_SHOW", "JABBER_STATUS_MESSAGE", "JABBER_STATUS_ERROR"),
+    status=None,
+    error="JABBER_STATUS_ERROR",
+    help="jabber_status,ACCOUNT,JID[,VARNAME]\n"
+    "Sets JABBER_STATUS (or VARNAME) to res_xmpp's code: 1 available, 2 chat, 3 away, 4 xa, 5 dnd,\n"
+    "6 offline, 7 not in roster; JABBER_STATUS_SHOW to the word and JABBER_STATUS_MESSAGE to the\n"
+    "status text. Answered from the live presence cache, without a network round trip.",
+)
+async def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
+    target = arg(channel, 2)
+    if target:
+        try:
+            check_variable_name(target)
+        except LocalProtocolError as exc:
+            raise ScriptError(f"invalid VARNAME: {exc}") from None
+        # The code goes to VARNAME instead of JABBER_STATUS; both are set so neither is stale.
+        out[target] = ""
+    account = account_for(channel, services)
+    jid = required_jid(channel, 1)
+    answer = services.presence.status(account.name, jid)
+    out[target or "JABBER_STATUS"] = str(answer.code)
+    out["JABBER_STATUS_SHOW"] = answer.show.value
+    out["JABBER_STATUS_MESSAGE"] = sanitize(answer.message)
+
+
+@dialplan_script(
+    "jabber_receive",
+    variables=(
+        "JABBER_RECEIVE",
+        "JABBER_RECEIVE_B64",
+        "JABBER_RECEIVE_FROM",
+        "JABBER_RECEIVE_STATUS",
+        "JABBER_RECEIVE_ERROR",
+    ),
+    status="JABBER_RECEIVE_STATUS",
+    error="JABBER_RECEIVE_ERROR",
+    help="jabber_receive,ACCOUNT,JID[,TIMEOUT]\n"
+    "Returns the oldest message from JID (bare: any resource; full: that resource; a joined room:\n"
+    "its next message) buffered within the account's timeout, or waits up to TIMEOUT seconds\n"
+    "(default 20). JABBER_RECEIVE (sanitised), JABBER_RECEIVE_B64 (exact), JABBER_RECEIVE_FROM;\n"
+    "JABBER_RECEIVE_STATUS: SUCCESS, TIMEOUT, HANGUP or FAILURE.",
+)
+async def jabber_receive(channel: Channel, services: Services, out: Variables) -> None:
+    account = account_for(channel, services)
+    jid = required_jid(channel, 1)
+    timeout = positive_seconds(arg(channel, 2), 20.0, services.config.general.max_receive_timeout)
+    matcher = receive_matcher(services, account.name, jid)
+    message = await services.pool.receive(account.name, matcher, timeout, channel.hangup)
+    if channel.hangup.is_set():
+        if message is not None:
+            services.pool.inboxes[account.name].put(message)  # the caller left; keep it for others
+        out["JABBER_RECEIVE_STATUS"] = "HANGUP"
+        return
+    if message is None:
+        out["JABBER_RECEIVE_STATUS"] = "TIMEOUT"
+        return
+    out["JABBER_RECEIVE"] = sanitize(message.body)
+    out["JABBER_RECEIVE_B64"] = b64(message.body)
+    out["JABBER_RECEIVE_FROM"] = sanitize(message.sender.full)
+    out["JABBER_RECEIVE_STATUS"] = "SUCCESS"
