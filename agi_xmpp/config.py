@@ -77,6 +77,8 @@ class GeneralConfig:
     outbox_ttl: int = 3600
     max_message_bytes: int = 65536
     xmpp_conf: str | None = None
+    keepalive_interval: int = 60  # seconds between pings to each account's server
+    reconnect_max_delay: int = 60  # cap of the reconnect back-off, seconds
 
     def __post_init__(self) -> None:
         if not self.database:
@@ -692,7 +694,8 @@ def _parse_database(text: str) -> str:
 
 _GENERAL_KEYS = frozenset(
     "agi_bind agi_allow http_bind http_token database state_dir log_format log_level "
-    "default_account max_receive_timeout outbox_ttl max_message_bytes xmpp_conf".split()
+    "default_account max_receive_timeout outbox_ttl max_message_bytes xmpp_conf "
+    "keepalive_interval reconnect_max_delay".split()
 )
 _AMI_KEYS = frozenset(
     "host port username secret originate_context presence_to_hints voicemail_spool "
@@ -740,6 +743,8 @@ def _build_general(section: _Section, base_dir: str) -> tuple[GeneralConfig, _Va
         outbox_ttl=v.integer("outbox_ttl", 3600, 1, 30 * 86400),
         max_message_bytes=v.integer("max_message_bytes", 65536, 1, 16 * 1024 * 1024),
         xmpp_conf=v.path("xmpp_conf", None, base_dir),
+        keepalive_interval=v.integer("keepalive_interval", 60, 1, 3600),
+        reconnect_max_delay=v.integer("reconnect_max_delay", 60, 1, 3600),
     )
     return general, v
 

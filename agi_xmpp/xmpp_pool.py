@@ -11,6 +11,10 @@ Retransmission: when a session comes up *fresh* (a new stream, not a resumed one
 row of that account younger than ``outbox_ttl`` is sent again with its original stanza id, oldest
 first, so a receiver can drop duplicates by id. A *resumed* stream needs nothing from us: slixmpp
 replays its own unacknowledged stanzas. Rows older than ``outbox_ttl`` become ``expired``.
+Groupchat rows go to a room only after its join is confirmed (a room rejects messages from
+non-occupants): the resend first joins every room they address, with the nick the session
+remembers for it (else the default nick, e.g. after our own restart); a room that refuses keeps
+its rows pending for the next fresh session.
 
 Incoming: the sessions report roster, presence and messages here; presence goes to the
 ``PresenceCache``, messages to the account's ``Inbox`` (and the archive). This is the only place
@@ -31,10 +35,11 @@ import structlog
 
 from .config import AccountConfig, Config
 from .inbox import InboundMessage, Inbox, Matcher
-from .jid import Jid
+from .errors import InvalidJid
+from .jid import Jid, parse_jid
 from .presence import PresenceCache
-from .storage import AsyncStorage
-from .xmpp_session import NotOnline, XmppSession
+from .storage import AsyncStorage, OutboxItem
+from .xmpp_session import Backoff, NotOnline, RoomJoinFailed, XmppSession
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +76,17 @@ class XmppPool:
         self.presence = presence
         self.counters = PoolCounters()
         self._clock = clock
-        factory = session_factory or (lambda account, pool: XmppSession(account, pool))
+        general = config.general
+        factory = session_factory or (
+            lambda account, pool: XmppSession(
+                account,
+                pool,
+                keepalive_interval=general.keepalive_interval,
+                # a ping unanswered for a third of the interval (at most 20 s) means a dead link
+                keepalive_timeout=min(20.0, max(1.0, general.keepalive_interval / 3)),
+                backoff=Backoff(cap=float(general.reconnect_max_delay)),
+            )
+        )
         self.sessions: dict[str, XmppSession] = {
             name: factory(account, self) for name, account in config.accounts.items()
         }
@@ -138,11 +153,16 @@ class XmppPool:
         session = self.sessions[account]
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
         pending = await self.storage.outbox_pending(account, cutoff)
+        # Groupchat rows need their room joined first, or the room rejects them: the join is
+        # sent and confirmed before any of them is written (shared with the session's re-join).
+        refused = await self._join_rooms_for(session, pending)
         in_flight = self._in_flight[account]
         sent = 0
         for item in pending:
             if item.stanza_id in in_flight:
                 continue  # written on this stream already (a send raced this resend)
+            if item.kind == "groupchat" and item.to_jid in refused:
+                continue  # stays pending: retried on the next fresh session, until outbox_ttl
             try:
                 self._write(session, item.to_jid, item.body, item.stanza_id, item.kind)
             except NotOnline:
@@ -152,6 +172,20 @@ class XmppPool:
         if sent:
             self.counters.retransmitted += sent
             log.info("outbox_retransmitted", account=account, count=sent)
+
+    async def _join_rooms_for(self, session: XmppSession, items: list[OutboxItem]) -> set[str]:
+        """Join every room that pending groupchat rows go to; returns the rooms that refused."""
+        rooms = sorted({item.to_jid for item in items if item.kind == "groupchat"})
+
+        async def join(room: str) -> str | None:
+            try:
+                await session.join_room(parse_jid(room))  # the remembered nick, else the default
+            except (RoomJoinFailed, InvalidJid) as exc:
+                log.warning("outbox_room_join_failed", account=session.name, room=room, error=str(exc))
+                return room
+            return None
+
+        return {room for room in await asyncio.gather(*map(join, rooms)) if room is not None}
 
     async def _expire_loop(self) -> None:
         ttl = self.config.general.outbox_ttl

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
 
-from ..agi_protocol import check_variable_name
+from ..agi_protocol import check_variable_name, quote
 from ..agi_server import Channel, ScriptRegistry
 from ..config import AccountConfig
 from ..errors import LocalProtocolError, ScriptError
@@ -49,6 +49,15 @@ def dialplan_script(
                 channel.log.info("script_failed", error=str(exc))
             else:
                 out[error] = ""
+            too_long = oversized(channel, out)
+            if too_long:
+                # Never cut a value: say why instead (the text stays in the message archive).
+                for key in out:
+                    out[key] = ""
+                if status is not None:
+                    out[status] = "FAILURE"
+                out[error] = too_long
+                channel.log.info("script_failed", error=too_long)
             for key, value in out.items():
                 await channel.set_variable(key, value)
 
@@ -56,6 +65,18 @@ def dialplan_script(
         return body
 
     return decorate
+
+
+def oversized(channel: Channel, variables: Variables) -> str:
+    """Why a value cannot be set on this Asterisk (its command line is too short), or ''."""
+    for key, value in variables.items():
+        size = len(f"SET VARIABLE {quote(key)} {quote(value)}\n".encode())
+        if size > channel.line_limit:
+            return (
+                f"{key} would need a {size}-byte AGI command; this Asterisk accepts "
+                f"{channel.line_limit} (agi_version {channel.env.get('agi_version', '?')})"
+            )
+    return ""
 
 
 # -- argument helpers ---------------------------------------------------------------------------

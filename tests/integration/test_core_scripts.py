@@ -94,17 +94,17 @@ async def test_status_code_for_each_show(svc, xmpp_accounts, xmpp_client, show, 
     await befriend_service(svc, bob)
     bob.send_presence(show=show, status=f"now {word}", priority=3)
 
-    async def settled() -> bool:
-        return (await status_of(svc, bob_jid)).get("JABBER_STATUS") == code
-
-    await eventually(settled, what=f"status {code}")
-    variables = await status_of(svc, bob_jid)
-    assert variables == {
+    expected = {
         "JABBER_STATUS": code,
         "JABBER_STATUS_SHOW": word,
         "JABBER_STATUS_MESSAGE": f"now {word}",
         "JABBER_STATUS_ERROR": "",
     }
+
+    async def settled() -> bool:
+        return await status_of(svc, bob_jid) == expected
+
+    await eventually(settled, what=f"status {code} ({word})")
 
 
 async def test_status_offline_and_not_in_roster(svc, xmpp_accounts, xmpp_client):
@@ -245,3 +245,17 @@ def _jid(text: str):
     from agi_xmpp.jid import parse_jid
 
     return parse_jid(text)
+
+
+async def test_message_too_long_for_asterisk_is_a_failure_not_a_cut(svc, xmpp_accounts, xmpp_client):
+    """A body whose variable would exceed the AGI line limit gives FAILURE with a reason, not a cut."""
+    bob_jid, bob_pw = xmpp_accounts("bob")
+    bob = await xmpp_client(bob_jid, bob_pw)
+    bob.send_message(svc.jid, "y" * 3000)  # base64 of 3000 bytes is 4000: over 2047 (old Asterisk)
+    result = await svc.call("jabber_receive", "asterisk", bob_jid, "10", agi_version="18.20.0")
+    assert result.variables["JABBER_RECEIVE_STATUS"] == "FAILURE"
+    assert "JABBER_RECEIVE" in result.variables["JABBER_RECEIVE_ERROR"]
+    assert result.variables["JABBER_RECEIVE_B64"] == ""
+    bob.send_message(svc.jid, "y" * 3000)
+    modern = await svc.call("jabber_receive", "asterisk", bob_jid, "10", agi_version="22.6.0")
+    assert modern.variables["JABBER_RECEIVE"] == "y" * 3000

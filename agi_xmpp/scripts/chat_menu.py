@@ -1,0 +1,3 @@
+"""Interactive chat menus: chat_menu."""
+
+from __future__ import annotations
