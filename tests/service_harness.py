@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agi_xmpp.agi_server import AgiServer
+from agi_xmpp.http_api import start_http
 from agi_xmpp.config import AccountConfig, BindAddress, Config, DirectoryEntry, GeneralConfig
 from agi_xmpp.local_prosody import LocalProsody
 from agi_xmpp.scripts import registry
@@ -94,16 +95,22 @@ class ServiceHarness:
 
 
 @contextlib.asynccontextmanager
-async def running_harness(config: Config, *, wait_online: bool = True) -> AsyncIterator[ServiceHarness]:
+async def running_harness(
+    config: Config, *, wait_online: bool = True, http: bool = False
+) -> AsyncIterator[ServiceHarness]:
+    """The service as ``agi-xmpp serve`` runs it (FastAGI, and the HTTP API if ``http``)."""
     async with running_services(config) as services:
         agi = AgiServer(registry, services, bind=tuple(config.general.agi_bind), allow=["127.0.0.0/8"])
         await agi.start()
+        runner = await start_http(services) if http else None
         harness = ServiceHarness(services=services, agi=agi, config=config)
         try:
             if wait_online:
                 await harness.wait_online()
             yield harness
         finally:
+            if runner is not None:
+                await runner.cleanup()
             await agi.close()
 
 
