@@ -84,6 +84,8 @@ class XmppPool:
                 keepalive_interval=general.keepalive_interval,
                 # a ping unanswered for a third of the interval (at most 20 s) means a dead link
                 keepalive_timeout=min(20.0, max(1.0, general.keepalive_interval / 3)),
+                # presence survives a link drop only while a resumption is plausible
+                resume_grace=min(30.0, float(general.keepalive_interval)),
                 backoff=Backoff(cap=float(general.reconnect_max_delay)),
             )
         )
@@ -259,12 +261,6 @@ class XmppPool:
 
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
         self.presence.set_roster(account, bare_jids)
-
-    def roster_changed(self, account: str, bare: str, *, present: bool) -> None:
-        if present:
-            self.presence.roster_add(account, bare)
-        else:
-            self.presence.roster_remove(account, bare)
 
     def presence_received(
         self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str

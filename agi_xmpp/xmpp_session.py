@@ -59,7 +59,6 @@ class SessionListener(Protocol):
     def session_offline(self, account: str, *, reason: str) -> None: ...
     def session_ended(self, account: str) -> None: ...
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None: ...
-    def roster_changed(self, account: str, bare: str, *, present: bool) -> None: ...
     def presence_received(
         self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
     ) -> None: ...
@@ -127,6 +126,7 @@ class XmppSession:
         negotiation_timeout: float = 20.0,
         keepalive_interval: float = 60.0,
         keepalive_timeout: float = 20.0,
+        resume_grace: float = 30.0,
         backoff: Backoff | None = None,
     ) -> None:
         self.account = account
@@ -135,6 +135,8 @@ class XmppSession:
         self._negotiation_timeout = negotiation_timeout
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
+        self._resume_grace = resume_grace
+        self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
         self._client: slixmpp.ClientXMPP | None = None
         self.state = "stopped"
@@ -161,6 +163,19 @@ class XmppSession:
     @property
     def bare_jid(self) -> str:
         return self._jid.bare
+
+    @property
+    def sasl_mechanism(self) -> str:
+        """The SASL mechanism of the current stream (e.g. SCRAM-SHA-1), '' before login."""
+        mechanisms = self._client.plugin["feature_mechanisms"] if self._client else None
+        mech = getattr(mechanisms, "mech", None)
+        return getattr(mech, "name", "") or ""
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the current stream runs over TLS."""
+        client = self._client
+        return bool(client and client.transport and client.transport.get_extra_info("ssl_object"))
 
     # -- supervisor ---------------------------------------------------------------------------
 
@@ -296,8 +311,11 @@ class XmppSession:
         self._announce_presence()
         self._apply_buddy_policy()
         self._go_online(resumed=False)
+        # The pool's outbox resend joins the rooms of pending groupchat rows itself and waits for
+        # these same joins (join_room shares a join in flight) before writing to a room.
         for room, state in list(self._rooms.items()):
             state.joined = False
+            state.waiter = None  # a join sent on the old stream will never be answered
             asyncio.ensure_future(self._rejoin(room, state.nick)).add_done_callback(self._log_task_error)
 
     def _on_session_resumed(self, _event: object) -> None:
@@ -307,6 +325,9 @@ class XmppSession:
 
     def _go_online(self, *, resumed: bool) -> None:
         loop = asyncio.get_running_loop()
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
+            self._give_up_timer = None
         self.state = "online"
         self.last_error = ""
         self.connected_since = loop.time()
@@ -335,7 +356,23 @@ class XmppSession:
         if was_online:
             self.log.warning("xmpp_session_offline", reason=self.last_error)
             self._listener.session_offline(self.name, reason=self.last_error)
+            if not self._stopping:
+                loop = asyncio.get_running_loop()
+                self._give_up_timer = loop.call_later(self._resume_grace, self._give_up_resumption)
         self._link_down.set()
+
+    def _give_up_resumption(self) -> None:
+        """Offline past the grace: the cached presence can no longer be trusted.
+
+        A resumed stream gets no presence re-sent, so rather than resume into a stale view we end
+        the session (slixmpp forgets the stream id; the outbox, not slixmpp's queue, holds what
+        is unconfirmed) and the next connection is a fresh one, for which the server re-sends
+        every contact's presence."""
+        self._give_up_timer = None
+        if self.online or self._client is None:
+            return
+        self.log.info("xmpp_resumption_abandoned", grace=self._resume_grace)
+        self._client.event("session_end")
 
     def _on_connection_failed(self, error: object) -> None:
         self.last_error = f"connection failed: {error}"
@@ -382,16 +419,20 @@ class XmppSession:
                 if jid != self._jid.bare and jid.lower() not in wanted and roster[jid]["subscription"] != "none":
                     client.del_roster_item(jid)
 
-    def _on_roster_update(self, iq: object) -> None:
-        items = iq["roster"]["items"]  # type: ignore[index]
-        if iq["type"] == "result":  # type: ignore[index]
-            bare = {str(jid).lower() for jid, item in items.items() if item.get("subscription") != "remove"}
-            self._listener.roster_replaced(self.name, bare)
-            return
-        for jid, item in items.items():
-            self._listener.roster_changed(
-                self.name, str(jid).lower(), present=item.get("subscription") != "remove"
-            )
+    def _on_roster_update(self, _iq: object) -> None:
+        """Report roster membership after every roster result or push.
+
+        slixmpp's own handler (registered first) has already applied the stanza to its roster,
+        including roster versioning (an unchanged roster comes back as an empty result). That
+        roster also lists strangers who merely sent presence, so membership is an entry with a
+        subscription in either direction or our own request pending."""
+        roster = self._client.client_roster  # type: ignore[union-attr]
+        members = {
+            jid.lower()
+            for jid in roster.keys()
+            if jid != self._jid.bare and (roster[jid]["to"] or roster[jid]["from"] or roster[jid]["pending_out"])
+        }
+        self._listener.roster_replaced(self.name, members)
 
     def _on_presence(self, presence: object) -> None:
         kind = presence.xml.get("type")  # type: ignore[attr-defined]
@@ -498,6 +539,12 @@ class XmppSession:
 
     # -- group chat -----------------------------------------------------------------------------
 
+    @property
+    def default_nick(self) -> str:
+        """SPEC §2.4: the account's local part, as written in ``username``."""
+        local = self.account.username.split("/", 1)[0].partition("@")[0]
+        return local if "@" in self.account.username else (self._jid.local or self.name)
+
     def joined_rooms(self) -> dict[str, str]:
         return {room: state.nick for room, state in self._rooms.items() if state.joined}
 
@@ -505,26 +552,52 @@ class XmppSession:
         state = self._rooms.get(room)
         return state.nick if state is not None and state.joined else None
 
-    async def join_room(self, room: Jid, nick: str, timeout: float = 10.0) -> None:
-        """Join and wait for the room's self-presence; raises ``RoomJoinFailed``."""
+    def remember_room(self, room: Jid, nick: str | None = None) -> None:
+        """Join ``room`` on the next fresh session (used while offline); nothing is sent now."""
+        self._rooms.setdefault(room.bare, _Room(nick=nick or self.default_nick))
+
+    async def join_room(self, room: Jid, nick: str | None = None, timeout: float = 10.0) -> str:
+        """Join (or change nick) and wait for the room's self-presence; returns our nick.
+
+        ``nick=None`` keeps the nick we use (or last asked for) in that room, else
+        ``default_nick``. A join already in flight with the same nick is shared, not sent twice
+        (the re-join after a reconnect and the outbox resend both ask). Raises ``RoomJoinFailed``.
+        """
         if not self.online or self._client is None:
             raise RoomJoinFailed(f"account '{self.name}' is not connected")
-        state = self._rooms.get(room.bare)
-        if state is not None and state.joined and state.nick == nick:
-            return
+        previous = self._rooms.get(room.bare)
+        if nick is None:
+            nick = previous.nick if previous is not None else self.default_nick
+        if previous is not None and previous.nick == nick:
+            if previous.joined:
+                return nick
+            if previous.waiter is not None and not previous.waiter.done():
+                await self._await_join(room, previous, None, timeout)
+                return previous.nick
         loop = asyncio.get_running_loop()
         state = _Room(nick=nick, waiter=loop.create_future())
         self._rooms[room.bare] = state
         self._send_join(room.bare, nick)
+        await self._await_join(room, state, previous, timeout)
+        return state.nick
+
+    async def _await_join(self, room: Jid, state: _Room, previous: _Room | None, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
-                await state.waiter  # type: ignore[misc]
-        except TimeoutError:
-            self._rooms.pop(room.bare, None)
-            raise RoomJoinFailed(f"room {room.bare} did not confirm the join within {timeout:g} s") from None
-        except RoomJoinFailed:
-            self._rooms.pop(room.bare, None)
-            raise
+                # shielded: another caller may share this join and must not see it cancelled
+                await asyncio.shield(state.waiter)  # type: ignore[arg-type]
+        except (TimeoutError, RoomJoinFailed) as exc:
+            if self._rooms.get(room.bare) is state and not state.joined:
+                # a refused nick change leaves us in the room under the old nick
+                if previous is not None and previous.joined:
+                    self._rooms[room.bare] = previous
+                else:
+                    del self._rooms[room.bare]
+            if isinstance(exc, RoomJoinFailed):
+                raise
+            raise RoomJoinFailed(
+                f"room {room.bare} did not confirm the join within {timeout:g} s"
+            ) from None
 
     async def _rejoin(self, room: str, nick: str) -> None:
         try:
@@ -544,26 +617,37 @@ class XmppSession:
         presence.send()
 
     async def leave_room(self, room: Jid, nick: str | None = None) -> bool:
-        """Leave a room; False when we were not in it."""
+        """Leave a room (and stop re-joining it); False when we were not in it."""
         state = self._rooms.pop(room.bare, None)
         if state is None:
             return False
+        if state.waiter is not None and not state.waiter.done():
+            state.waiter.set_exception(RoomJoinFailed(f"left room {room.bare} before the join completed"))
         if self.online and self._client is not None:
             self._client.send_presence(pto=f"{room.bare}/{nick or state.nick}", ptype="unavailable")
         return True
 
     def _on_room_presence(self, room: _Room, sender: Jid, presence: object, kind: str | None) -> None:
-        if sender.resource != room.nick:
-            return  # other occupants' presence is not ours to track
         waiter = room.waiter
         if kind == "error":
-            condition = presence["error"]["condition"] or "refused"  # type: ignore[index]
-            if waiter is not None and not waiter.done():
+            # the bounce of our join comes from room/nick (or the bare room for some services)
+            if sender.resource in (room.nick, "") and waiter is not None and not waiter.done():
+                condition = presence["error"]["condition"] or "refused"  # type: ignore[index]
                 waiter.set_exception(RoomJoinFailed(f"room {sender.bare} refused the join: {condition}"))
             return
+        codes = {
+            el.get("code")
+            for el in presence.xml.iterfind(f"{{{MUC_USER_NS}}}x/{{{MUC_USER_NS}}}status")  # type: ignore[attr-defined]
+        }
+        # XEP-0045 §7.2.2: status 110 marks our own presence, even when the room rewrote the nick
+        if sender.resource != room.nick and "110" not in codes:
+            return  # other occupants' presence is not ours to track
         if kind == "unavailable":
-            room.joined = False
+            if "303" not in codes:  # 303: our nick is changing; the new nick's presence follows
+                room.joined = False
             return
+        if sender.resource != room.nick:
+            room.nick = sender.resource  # status 210: the room assigned this nick
         room.joined = True
         if waiter is not None and not waiter.done():
             waiter.set_result(None)

@@ -38,8 +38,10 @@ def service_config(
     *,
     name: str = "asterisk",
     directory: tuple[DirectoryEntry, ...] = (),
+    general: dict[str, object] | None = None,
     **account_options: object,
 ) -> Config:
+    """One account ``name`` on ``server``; ``general`` overrides [general] keys."""
     account = AccountConfig(
         name=name,
         username=jid,
@@ -49,13 +51,14 @@ def service_config(
         cafile=str(server.cert_path),
         **account_options,  # type: ignore[arg-type]
     )
-    general = GeneralConfig(
+    settings = GeneralConfig(
         state_dir=str(state_dir),
         agi_bind=BindAddress("127.0.0.1", free_port()),
         http_bind=BindAddress("127.0.0.1", free_port()),
         default_account=name,
+        **(general or {}),  # type: ignore[arg-type]
     )
-    return Config(path=None, general=general, accounts={name: account}, directory=directory)
+    return Config(path=None, general=settings, accounts={name: account}, directory=directory)
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:

@@ -1,0 +1,132 @@
+"""One account's XMPP session against a real Prosody: security, presence lifetime, roster policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from agi_xmpp.jid import parse_jid
+
+from service_harness import eventually, running_harness, service_config, with_account_options
+
+pytestmark = pytest.mark.integration
+
+
+def code_of(svc, jid: str) -> int:
+    return svc.services.presence.status("asterisk", parse_jid(jid)).code
+
+
+async def test_session_uses_scram_over_verified_tls(prosody, xmpp_accounts, tmp_path):
+    """The session authenticates with SCRAM over TLS verified against the configured cafile."""
+    jid, password = xmpp_accounts("asterisk")
+    async with running_harness(service_config(prosody, jid, password, tmp_path)) as svc:
+        session = svc.pool.session("asterisk")
+        assert session.sasl_mechanism.startswith("SCRAM-")
+        assert session.encrypted
+
+
+async def test_unverifiable_certificate_is_refused_by_default(prosody, xmpp_accounts, tmp_path):
+    """Without a cafile the self-signed server is refused (tls_verify defaults to yes)."""
+    jid, password = xmpp_accounts("asterisk")
+    config = with_account_options(service_config(prosody, jid, password, tmp_path), cafile=None)
+    async with running_harness(config, wait_online=False) as svc:
+        session = svc.pool.session("asterisk")
+        await eventually(lambda: session.last_error, what="a connection error")
+        assert not session.online
+        assert "certificate" in session.last_error.lower() or "ssl" in session.last_error.lower()
+
+
+async def test_tls_verify_no_accepts_the_self_signed_server(prosody, xmpp_accounts, tmp_path):
+    """tls_verify=no connects to a server whose certificate cannot be verified."""
+    jid, password = xmpp_accounts("asterisk")
+    config = with_account_options(
+        service_config(prosody, jid, password, tmp_path), cafile=None, tls_verify=False
+    )
+    async with running_harness(config) as svc:
+        assert svc.pool.session("asterisk").encrypted
+
+
+async def test_wrong_password_keeps_retrying_and_reports_it(prosody, xmpp_accounts, tmp_path):
+    """An authentication failure leaves the account offline with the reason, retrying."""
+    jid, _ = xmpp_accounts("asterisk")
+    async with running_harness(service_config(prosody, jid, "wrong", tmp_path), wait_online=False) as svc:
+        session = svc.pool.session("asterisk")
+        await eventually(lambda: "authentication" in session.last_error, what="the auth failure")
+        assert session.state in ("offline", "connecting")
+
+
+async def test_presence_dropped_when_session_ends_and_restored_after(private_prosody, tmp_path, xmpp_client):
+    """A server restart ends the session: contacts read 6 until the server re-sends presence."""
+    server = private_prosody
+    jid = server.register("asterisk", "pw-a")
+    bob_jid = server.register("bob", "pw-b")
+    config = service_config(
+        server, jid, "pw-a", tmp_path, general={"reconnect_max_delay": 1, "keepalive_interval": 3}
+    )
+    async with running_harness(config) as svc:
+        bob = await xmpp_client(bob_jid, "pw-b", server=server)
+        bob.subscribe(jid)
+        await eventually(lambda: code_of(svc, bob_jid) == 1, what="bob available")
+        server.kill()
+        await eventually(lambda: not svc.pool.session("asterisk").online, what="the session to drop")
+        await eventually(lambda: code_of(svc, bob_jid) == 6, what="bob's presence to be dropped")
+        server.restart()
+        await svc.wait_online(30)
+        bob2 = await xmpp_client(bob_jid, "pw-b", server=server, resource="again")
+        bob2.send_presence(show="chat")
+        await eventually(lambda: code_of(svc, bob_jid) == 2, 20, what="presence after the restart")
+
+
+async def test_resumed_stream_keeps_presence(prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """After a TCP drop the stream resumes (XEP-0198) and the cached presence is kept."""
+    jid, password = xmpp_accounts("asterisk")
+    config = service_config(prosody, jid, password, tmp_path, general={"reconnect_max_delay": 1})
+    async with running_harness(config) as svc:
+        bob_jid, bob_pw = xmpp_accounts("bob")
+        bob = await xmpp_client(bob_jid, bob_pw)
+        bob.subscribe(jid)
+        await eventually(lambda: code_of(svc, bob_jid) == 1, what="bob available")
+        session = svc.pool.session("asterisk")
+        reconnects = session.reconnects
+        session._client.transport.abort()  # the network drops under us; the server keeps the session
+        await eventually(lambda: session.reconnects > reconnects and session.online, 20, what="a resumed session")
+        assert code_of(svc, bob_jid) == 1
+
+
+async def test_buddies_are_subscribed_when_autoregister(prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """buddy= entries are asked for presence at login (autoregister=yes) and then reported."""
+    jid, password = xmpp_accounts("asterisk")
+    bob_jid, bob_pw = xmpp_accounts("bob")
+    bob = await xmpp_client(bob_jid, bob_pw, show="xa")  # slixmpp approves subscription requests
+    config = service_config(prosody, jid, password, tmp_path, buddies=(bob_jid,))
+    async with running_harness(config) as svc:
+        await eventually(lambda: code_of(svc, bob_jid) == 4, what="bob's presence via the buddy subscription")
+    del bob
+
+
+async def test_auth_policy_deny_refuses_subscription_requests(prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """auth_policy=deny answers a stranger's subscription request with 'unsubscribed'."""
+    jid, password = xmpp_accounts("asterisk")
+    config = service_config(prosody, jid, password, tmp_path, auth_policy="deny")
+    async with running_harness(config) as svc:
+        bob_jid, bob_pw = xmpp_accounts("bob")
+        bob = await xmpp_client(bob_jid, bob_pw)
+        bob.subscribe(jid)
+        refusal = await bob.next_presence(10, sender=jid, type="unsubscribed")
+        assert refusal is not None
+        assert code_of(svc, bob_jid) != 1
+
+
+async def test_autoprune_removes_contacts_not_listed_as_buddies(prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """autoprune=yes removes roster entries that are not configured buddies at login."""
+    jid, password = xmpp_accounts("asterisk")
+    bob_jid, bob_pw = xmpp_accounts("bob")
+    bob = await xmpp_client(bob_jid, bob_pw)
+    config = service_config(prosody, jid, password, tmp_path)
+    async with running_harness(config) as svc:
+        bob.subscribe(jid)
+        await eventually(lambda: bob_jid in svc.services.presence.contacts("asterisk"), what="bob in roster")
+    pruned = with_account_options(config, autoprune=True)
+    async with running_harness(pruned) as svc:
+        await eventually(
+            lambda: bob_jid not in svc.services.presence.contacts("asterisk"), what="bob pruned from the roster"
+        )
