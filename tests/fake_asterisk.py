@@ -3,6 +3,10 @@
 It sends a full environment block, answers every command as res_agi.c would (``200 result=1``,
 ``GET FULL VARIABLE`` from a dict of channel variables), parses our command lines with a port of
 Asterisk's ``parse_args``, and can hang up (``HANGUP`` line) at a chosen moment.
+
+``exec_delays={"Playback": 3.0}`` makes ``EXEC Playback ...`` take that long before its
+``200 result=0``, as a real Playback blocks until the file has played; a hangup meanwhile ends
+it as Asterisk does: ``200 result=-1``, then ``HANGUP``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from dataclasses import dataclass, field
 from urllib.parse import quote as urlquote
 
@@ -46,6 +51,7 @@ def asterisk_parse_args(line: str) -> list[str]:
 class CallResult:
     variables: dict[str, str] = field(default_factory=dict)
     commands: list[list[str]] = field(default_factory=list)
+    command_times: list[float] = field(default_factory=list)  # time.monotonic() of each arrival
     closed_by_server: bool = False
 
 
@@ -62,6 +68,7 @@ async def agi_call(
     hangup_after: float | None = None,
     agi_version: str = "22.6.0",
     timeout: float = 30.0,
+    exec_delays: dict[str, float] | None = None,
 ) -> CallResult:
     """One AGI() call: returns every variable the script set, in order, and every command."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -92,13 +99,18 @@ async def agi_call(
     writer.write("".join(f"{k}: {v}\n" for k, v in block.items()).encode() + b"\n")
     await writer.drain()
     hung_up = False
+    hangup_seen = asyncio.Event()
+    in_exec = False  # a delayed EXEC is running: the hangup ends it and is announced after
+    delays = {app.lower(): seconds for app, seconds in (exec_delays or {}).items()}
 
     async def hang_up_later() -> None:
         nonlocal hung_up
         await asyncio.sleep(hangup_after)  # type: ignore[arg-type]
         hung_up = True
-        writer.write(b"HANGUP\n")
-        await writer.drain()
+        hangup_seen.set()
+        if not in_exec:
+            writer.write(b"HANGUP\n")
+            await writer.drain()
 
     hanger = asyncio.create_task(hang_up_later()) if hangup_after is not None else None
     try:
@@ -110,8 +122,22 @@ async def agi_call(
                     break
                 words = asterisk_parse_args(line.decode().rstrip("\n"))
                 result.commands.append(words)
+                result.command_times.append(time.monotonic())
                 upper = [w.upper() for w in words[:2]]
-                if upper == ["SET", "VARIABLE"] and len(words) >= 4:
+                delay = delays.get(words[1].lower()) if upper[:1] == ["EXEC"] and len(words) > 1 else None
+                if delay is not None and not hung_up:
+                    in_exec = True
+                    try:
+                        await asyncio.wait_for(hangup_seen.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    in_exec = False
+                    if hung_up:  # res_agi.c: the application's result, then the notice
+                        writer.write(b"200 result=-1\nHANGUP\n")
+                        await writer.drain()
+                        continue
+                    reply = "200 result=0"
+                elif upper == ["SET", "VARIABLE"] and len(words) >= 4:
                     result.variables[words[2]] = words[3]
                     channel_vars[words[2]] = words[3]
                     reply = "200 result=1"

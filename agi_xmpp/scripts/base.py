@@ -40,13 +40,18 @@ def dialplan_script(
             out: Variables = dict.fromkeys(names, "")
             try:
                 await body(channel, services, out)
-            except ScriptError as exc:
+            except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
+                if isinstance(exc, ScriptError):
+                    reason = str(exc)
+                    channel.log.info("script_failed", error=reason)
+                else:  # our fault or the database's: still answer, and say where to look
+                    reason = f"internal error ({type(exc).__name__}); see the agi-xmpp log"
+                    channel.log.exception("script_crashed")
                 for key in out:
                     out[key] = ""
                 if status is not None:
                     out[status] = "FAILURE"
-                out[error] = str(exc)
-                channel.log.info("script_failed", error=str(exc))
+                out[error] = reason
             else:
                 out[error] = ""
             too_long = oversized(channel, out)

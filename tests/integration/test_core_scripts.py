@@ -259,3 +259,16 @@ async def test_message_too_long_for_asterisk_is_a_failure_not_a_cut(svc, xmpp_ac
     bob.send_message(svc.jid, "y" * 3000)
     modern = await svc.call("jabber_receive", "asterisk", bob_jid, "10", agi_version="22.6.0")
     assert modern.variables["JABBER_RECEIVE"] == "y" * 3000
+
+
+async def test_storage_failure_still_answers_the_dialplan(svc, monkeypatch):
+    """If the database fails, jabber_send still sets FAILURE and a reason (never silence)."""
+    from agi_xmpp.errors import StorageError
+
+    async def broken(*args, **kwargs):
+        raise StorageError("database is unreachable")
+
+    monkeypatch.setattr(svc.services.storage, "outbox_add", broken)
+    result = await svc.call("jabber_send", "asterisk", "bob@localhost", "hello")
+    assert result.variables["JABBER_SEND_STATUS"] == "FAILURE"
+    assert "internal error (StorageError)" in result.variables["JABBER_SEND_ERROR"]
