@@ -17,7 +17,11 @@ States (``AgiConnection.state``)::
 
 * ENV: Asterisk writes ``agi_key: value`` lines and one empty line (``setup_env`` in
   ``res/res_agi.c``), preceded by ``agi_network: yes`` and ``agi_network_script: SCRIPT?QUERY``
-  (``launch_netscript``). The block becomes one ``Request``.
+  (``launch_netscript``). The block becomes one ``Request``; its ``env`` is parsed in full only
+  if read. Bytes that are not UTF-8 become U+FFFD. Over ``max_env_bytes`` is an error.
+* IDLE/WAITING/USAGE: one command at a time. A ``200 result=X [(data)] [endpos=N]`` line is a
+  ``Response``; ``510``/``511``/``520`` are ``CommandFailed``; a ``520-`` block is read up to
+  its ``520 End of proper usage.`` line; ``100`` lines mean "keep reading".
 * A ``HANGUP`` line is a notice, never a reply: ``run_agi`` writes it at the top of its loop when
   it sees the hangup, i.e. before a reply, between replies, or instead of one (the command we sent
   may be answered ``511`` on the dead channel afterwards). It yields ``HangupNotice`` in every
@@ -29,9 +33,10 @@ States (``AgiConnection.state``)::
 from __future__ import annotations
 
 import re
-from collections import deque
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 from urllib.parse import unquote
 
 from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
@@ -42,6 +47,7 @@ __all__ = [
     "AgiConnection",
     "CommandFailed",
     "EndOfStream",
+    "Env",
     "HangupNotice",
     "Request",
     "Response",
@@ -69,7 +75,7 @@ _VERB = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
 # "200 result=X [(data)] [endpos=N] [anything else]"; the greedy data group keeps ")" that
 # belong to a value (GET VARIABLE answers "200 result=1 (%s)" with the raw value inside).
 _RESULT_TAIL = re.compile(r" \((?P<data>.*)\)(?: endpos=(?P<endpos>-?\d+))?(?: .*)?|"
-                          r" endpos=(?P<endpos2>-?\d+)(?: .*)?|(?: .*)?", re.S)
+                          r" endpos=(?P<endpos2>-?\d+)(?: .*)?|(?: .*)?", re.DOTALL)
 
 
 class State(Enum):
@@ -79,6 +85,11 @@ class State(Enum):
     USAGE = "usage"
     CLOSED = "closed"
     ERROR = "error"
+
+
+# Plain module names for the members: an Enum attribute lookup costs ~7x a global one, and the
+# parser checks the state several times per line.
+_ENV, _IDLE, _WAITING, _USAGE, _CLOSED, _ERROR = State
 
 
 class _NeedData:
@@ -96,7 +107,7 @@ NEED_DATA = _NeedData()
 class Request:
     """The environment block: which script, with what."""
 
-    env: dict[str, str]
+    env: Env
     script: str
     options: dict[str, str]
     args: tuple[str, ...]
@@ -116,7 +127,7 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class CommandFailed:
-    """``510`` unknown command, ``511`` dead channel, ``520`` bad syntax (``usage`` for ``520-``)."""
+    """``510`` unknown command, ``511`` dead channel, ``520`` bad syntax (``usage``: ``520-``)."""
 
     code: int
     text: str
@@ -150,7 +161,7 @@ def _verb_words(verb: str) -> int:
 
 
 def line_limit_for(agi_version: str) -> int:
-    """Longest command line (bytes, with the newline) the Asterisk of ``agi_version`` reads whole."""
+    """Longest command line (bytes, newline included) that this ``agi_version`` reads whole."""
     m = _VERSION.match(agi_version)
     if m is None:  # "GIT-master-...", "certified-...", "": unknown, so be conservative
         return SHORT_LINE_LIMIT
@@ -196,22 +207,69 @@ def _parse_options(query: str) -> dict[str, str]:
     return options
 
 
+class Env(Mapping[str, str]):
+    """The environment block as a read-only mapping, parsed only if someone reads it.
+
+    Every ``agi_key: value`` line is an entry (the last one wins); other lines are ignored. Most
+    calls only need the few fields a ``Request`` holds, which ``field()`` finds without parsing
+    the rest: this is the biggest single saving per call.
+    """
+
+    __slots__ = ("_dict", "_text")
+
+    def __init__(self, block: str) -> None:
+        self._text = "\n" + block + "\n"
+        self._dict: dict[str, str] | None = None
+
+    def field(self, key: str) -> str | None:
+        """``self.get(key)``, without parsing the whole block."""
+        if self._dict is not None:
+            return self._dict.get(key)
+        text = self._text
+        needle = "\n" + key + ": "  # setup_env() in res_agi.c: "agi_%s: %s\n"
+        at = text.rfind(needle)
+        if at < 0:
+            return None
+        at += len(needle)
+        return text[at : text.index("\n", at)]
+
+    def _parsed(self) -> dict[str, str]:
+        env = self._dict
+        if env is None:
+            env = self._dict = {}
+            for line in self._text.split("\n"):
+                key, sep, value = line.partition(": ")
+                if sep:
+                    env[key] = value
+        return env
+
+    def __getitem__(self, key: str) -> str:
+        return self._parsed()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.field(key)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.field(key) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._parsed())
+
+    def __len__(self) -> int:
+        return len(self._parsed())
+
+    def __repr__(self) -> str:
+        return f"Env({self._parsed()!r})"
+
+
 def _make_request(block: str) -> tuple[Request, bool]:
-    env: dict[str, str] = {}
-    hangup = False
-    for line in block.split("\n"):
-        key, sep, value = line.partition(": ")  # setup_env(): "agi_%s: %s\n"
-        if sep:
-            env[key] = value
-        elif line == "HANGUP":
-            hangup = True
-        elif ":" in line:  # tolerate "key:value" and "key:"
-            key, _, value = line.partition(":")
-            env[key] = value
-    target, _, query = env.get("agi_network_script", "").partition("?")
+    env = Env(block)
+    field = env.field
+    target, _, query = (field("agi_network_script") or "").partition("?")
     args = []
     n = 1
-    while (arg := env.get(f"agi_arg_{n}")) is not None:
+    while (arg := field(f"agi_arg_{n}")) is not None:
         args.append(arg)
         n += 1
     request = Request(
@@ -219,9 +277,9 @@ def _make_request(block: str) -> tuple[Request, bool]:
         script=target.strip("/").lower(),
         options=_parse_options(query) if query else {},
         args=tuple(args),
-        agi_version=env.get("agi_version", ""),
+        agi_version=field("agi_version") or "",
     )
-    return request, hangup
+    return request, "\nHANGUP\n" in env._text
 
 
 class AgiConnection:
@@ -230,7 +288,7 @@ class AgiConnection:
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
         self.max_reply_bytes = max_reply_bytes
-        self.state = State.ENV
+        self.state = _ENV
         self.request: Request | None = None
         self.line_limit = SHORT_LINE_LIMIT
         self.hangup_seen = False
@@ -239,7 +297,7 @@ class AgiConnection:
         self._pos = 0  # start of the unparsed bytes in _buf
         self._scan = 0  # ENV: where the search for the blank line resumes
         self._eof = False
-        self._queued: deque[Event] = deque()
+        self._hangup_queued = False  # a HANGUP line inside the env block, due after the Request
         self._usage: list[str] = []
         self._error = ""
 
@@ -269,15 +327,16 @@ class AgiConnection:
 
     def next_event(self) -> Event | _NeedData:
         """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
-        if self._queued:
-            return self._queued.popleft()
+        if self._hangup_queued:
+            self._hangup_queued = False
+            return HangupNotice()
         state = self.state
-        if state is State.ERROR:
-            raise RemoteProtocolError(self._error)
-        if state is State.CLOSED:
-            return EndOfStream()
-        if state is State.ENV:
+        if state is _ENV:
             return self._next_env()
+        if state is _CLOSED:
+            return EndOfStream()
+        if state is _ERROR:
+            raise RemoteProtocolError(self._error)
         buf = self._buf
         while True:
             nl = buf.find(b"\n", self._pos)
@@ -285,15 +344,15 @@ class AgiConnection:
                 if len(buf) - self._pos > self.max_reply_bytes:
                     self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
                 if self._eof:
-                    self.state = State.CLOSED
+                    self.state = _CLOSED
                     return EndOfStream()
                 return NEED_DATA
             if nl - self._pos > self.max_reply_bytes:
                 self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
             line = buf[self._pos : nl].decode("utf-8", "replace")
             self._pos = nl + 1
-            if state is State.WAITING and line[:11] == "200 result=":  # the usual reply
-                self.state = State.IDLE
+            if state is _WAITING and line[:11] == "200 result=":  # the usual reply
+                self.state = _IDLE
                 return _parse_result(line)
             event = self._on_line(line)
             state = self.state
@@ -305,14 +364,14 @@ class AgiConnection:
         if buf[:1] == b"\n":
             end = 0
         else:
-            end = buf.find(b"\n\n", max(self._scan - 1, 0))
+            end = buf.find(b"\n\n", self._scan - 1 if self._scan else 0)
             if end >= 0:
                 end += 1  # index of the blank line's "\n"
         if end < 0:
             if len(buf) >= self.max_env_bytes:
                 self._fail(f"environment block longer than {self.max_env_bytes} bytes")
             if self._eof:
-                self.state = State.CLOSED
+                self.state = _CLOSED
                 return EndOfStream()
             self._scan = len(buf)
             return NEED_DATA
@@ -329,10 +388,10 @@ class AgiConnection:
             if len(_LIMITS) < 64:
                 _LIMITS[request.agi_version] = limit
         self.line_limit = limit
-        self.state = State.IDLE
+        self.state = _IDLE
         if hangup:
             self.hangup_seen = True
-            self._queued.append(HangupNotice())
+            self._hangup_queued = True
         return request
 
     def _on_line(self, line: str) -> Event | None:
@@ -340,34 +399,33 @@ class AgiConnection:
             self.hangup_seen = True
             return HangupNotice()
         state = self.state
-        if state is State.WAITING:
+        if state is _WAITING:
             code = line[:4]
-            if code == "200 ":
-                self.state = State.IDLE
-                return _parse_result(line)
+            if code == "200 ":  # "200 result=" took the fast path in next_event()
+                self._fail(f"malformed 200 reply {_brief(line)}")
             if code == "100 " or code == "100-":  # "100 Trying...": keep reading
                 return None
             if code in ("510 ", "511 ", "520 "):
-                self.state = State.IDLE
+                self.state = _IDLE
                 return CommandFailed(int(line[:3]), line[4:])
             if code == "520-":
-                self.state = State.USAGE
+                self.state = _USAGE
                 self._usage = [line[4:]]
                 return None
-            self._fail(f"unexpected reply {line[:80]!r}")
-        if state is State.USAGE:
+            self._fail(f"unexpected reply {_brief(line)}")
+        if state is _USAGE:
             if line[:4] == "520 ":  # res_agi.c: "520 End of proper usage."
                 first, *usage = self._usage
                 self._usage = []
-                self.state = State.IDLE
+                self.state = _IDLE
                 return CommandFailed(520, first, "\n".join(usage))
             self._usage.append(line)
             return None
-        self._fail(f"unexpected line with no command in flight: {line[:80]!r}")
+        self._fail(f"unexpected line with no command in flight: {_brief(line)}")
         return None  # not reached
 
     def _fail(self, message: str) -> None:
-        self.state = State.ERROR
+        self.state = _ERROR
         self._error = message
         raise RemoteProtocolError(message)
 
@@ -379,24 +437,31 @@ class AgiConnection:
         Raises ``LocalProtocolError`` (nothing to send) for NUL/CR/LF, a line longer than this
         Asterisk reads whole, too many words, or when the previous command is still unanswered.
         """
-        if self.state is not State.IDLE or self.failure_sent:
+        if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
         words = _VERB_WORDS.get(verb)
         if words is None:
             words = _verb_words(verb)
         if words + len(args) > MAX_WORDS:
             raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
-        line = " ".join([verb, *map(quote, args)]) + "\n"
+        plain = "".join(args)
+        if '"' in plain or "\\" in plain or "\n" in plain or "\r" in plain or "\0" in plain:
+            line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
+        elif args:  # nothing to escape: the same bytes quote() would give, built in one go
+            line = verb + ' "' + '" "'.join(args) + '"\n'
+        else:
+            line = verb + "\n"
         try:
             data = line.encode("utf-8")
         except UnicodeEncodeError as exc:
             raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
         if len(data) > self.line_limit:
+            version = self.request.agi_version if self.request else ""
             raise LocalProtocolError(
                 f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
-                f"{self.line_limit} (agi_version {self.request.agi_version!r})"  # type: ignore[union-attr]
+                f"{self.line_limit} (agi_version {version!r})"
             )
-        self.state = State.WAITING
+        self.state = _WAITING
         return data
 
     def send_failure(self) -> bytes:
@@ -414,26 +479,31 @@ class AgiConnection:
 
     def _check_can_send(self) -> None:
         state = self.state
-        if state is State.IDLE and not self.failure_sent:
+        if state is _IDLE and not self.failure_sent:
             return
-        if state is State.ENV:
+        if state is _ENV:
             raise LocalProtocolError("no command before the environment block is complete")
-        if state in (State.WAITING, State.USAGE):
+        if state in (_WAITING, _USAGE):
             raise LocalProtocolError("a command is already waiting for its reply")
         if self.failure_sent:
             raise LocalProtocolError("FAILURE was sent: no command may follow")
         raise LocalProtocolError(f"connection is {state.value}")
 
 
+def _brief(line: str) -> str:
+    # Only the start: the rest of a stray line may be a channel variable's value, and this
+    # text ends up in logs.
+    return f"{line[:4]!r}... ({len(line)} chars)"
+
+
 _PLAIN_RESULTS: dict[str, Response] = {}  # "200 result=1" and friends: immutable, so shared
 
 
 def _parse_result(line: str) -> Response:
+    """Parse a line that starts with "200 result="."""
     response = _PLAIN_RESULTS.get(line)
     if response is not None:
         return response
-    if line[:11] != "200 result=":
-        raise RemoteProtocolError(f"malformed 200 reply {line[:80]!r}")
     rest = line[11:]
     space = rest.find(" ")
     if space < 0:  # the common "200 result=1"

@@ -14,7 +14,7 @@ import inspect
 import ipaddress
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +26,7 @@ from agi_xmpp.agi_protocol import (
     NEED_DATA,
     AgiConnection,
     CommandFailed,
-    EndOfStream,
+    Env,
     HangupNotice,
     Request,
     Response,
@@ -39,9 +39,10 @@ from agi_xmpp.values import decode_b64_value
 if TYPE_CHECKING:
     from agi_xmpp.services import Services
 
-__all__ = ["AgiServer", "Channel", "Script", "ScriptRegistry", "DEFAULT_ALLOW", "DEFAULT_PORT"]
+__all__ = ["DEFAULT_ALLOW", "DEFAULT_PORT", "AgiServer", "Channel", "Script", "ScriptRegistry"]
 
 log = structlog.get_logger(__name__)
+_ERROR = State.ERROR  # a global is much cheaper to read than an Enum member
 
 DEFAULT_PORT = 4573  # res_agi.c AGI_PORT
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1/128")
@@ -99,17 +100,36 @@ class ScriptRegistry:
 
 
 class Channel:
-    """One AGI call as a script sees it; exactly one command is on the wire at a time."""
+    """One AGI call as a script sees it; exactly one command is on the wire at a time.
+
+    Concurrent ``command()`` calls queue behind each other. A command whose caller was cancelled
+    (e.g. inside ``until_hangup``) still owns the wire until Asterisk answers it.
+    """
 
     def __init__(self, session: _Session, request: Request) -> None:
         self.request = request
-        self.hangup = asyncio.Event()
-        """Set the moment a ``HANGUP`` line arrives or the connection ends."""
+        self.hung_up = False  # what ``hangup`` says, without creating the Event
+        self._hangup: asyncio.Event | None = None  # made on first use: most scripts never wait
         self._session = session
         self._log: Any = None
 
     @property
-    def env(self) -> dict[str, str]:
+    def hangup(self) -> asyncio.Event:
+        """Set the moment a ``HANGUP`` line arrives or the connection ends."""
+        if self._hangup is None:
+            self._hangup = asyncio.Event()
+            if self.hung_up:
+                self._hangup.set()
+        return self._hangup
+
+    def _mark_hung_up(self) -> None:
+        self.hung_up = True
+        if self._hangup is not None:
+            self._hangup.set()
+
+    @property
+    def env(self) -> Env:
+        """Every ``agi_*`` line of the environment block (a read-only mapping)."""
         return self.request.env
 
     @property
@@ -139,7 +159,7 @@ class Channel:
         return self._log
 
     def __repr__(self) -> str:
-        dead = " hungup" if self.hangup.is_set() else ""
+        dead = " hungup" if self.hung_up else ""
         return f"<Channel {self.request.script} {self.uniqueid}{dead}>"
 
     async def command(self, verb: str, *args: str) -> Response:
@@ -165,26 +185,28 @@ class Channel:
             return Response(code=511, result="-1", raw=f"511 {event.text}")
         raise ProtocolError(f"{verb}: Asterisk answered {event.code} {event.text}")
 
-    async def set_variable(self, name: str, value: str) -> None:
-        """``SET VARIABLE``; never raises for a hangup or a closed connection.
+    async def set_variable(self, name: str, value: str) -> bool:
+        """``SET VARIABLE``: True once Asterisk confirmed it; never raises for a hangup.
 
         res_agi.c registers "set variable" as allowed on a dead channel, so it normally still
-        works after ``HANGUP``; a ``511`` (intercept routine) or a closed socket is logged at debug.
-        Invalid names and unsendable values raise ``LocalProtocolError``: those are our bugs.
+        works after ``HANGUP``. A ``511`` (intercept routine) or a closed connection returns
+        False (logged at debug): a script that must know the dialplan saw a value (e.g. before
+        dropping a consumed message) checks it. Invalid names and unsendable values raise
+        ``LocalProtocolError``: those are our bugs.
         """
         check_variable_name(name)
         session = self._session
         try:
-            if session.reply is not None:
-                await self.command("SET VARIABLE", name, value)
-                return
-            # the common case, without command()'s extra coroutine
-            event = await session.send("SET VARIABLE", (name, value))
+            if session.reply is None:  # the usual case, without command()'s extra coroutine
+                event = await session.send("SET VARIABLE", (name, value))
+                if type(event) is not Response:
+                    event = self._failed("SET VARIABLE", event)
+            else:
+                event = await self.command("SET VARIABLE", name, value)
         except ChannelGone:
             self.log.debug("agi_set_variable_channel_gone", name=name)
-            return
-        if type(event) is not Response:
-            self._failed("SET VARIABLE", event)
+            return False
+        return event.code == 200
 
     async def get_variable_exact(self, name: str) -> str:
         """The exact value of channel variable ``name`` (any text: newlines, quotes, commas).
@@ -192,7 +214,7 @@ class Channel:
         Raises ``ChannelGone`` if the connection has ended or the channel refuses the command.
         """
         check_variable_name(name)
-        reply = await self.command("GET FULL VARIABLE", "${BASE64_ENCODE(${%s})}" % name)
+        reply = await self.command("GET FULL VARIABLE", f"${{BASE64_ENCODE(${{{name}}})}}")
         if reply.code != 200:
             raise ChannelGone(f"channel refused GET FULL VARIABLE {name}")
         if reply.result != "1":  # "200 result=0": the channel went away under Asterisk
@@ -210,7 +232,7 @@ class Channel:
         hung = asyncio.ensure_future(self.hangup.wait())
         finished = False
         try:
-            if not self.hangup.is_set():
+            if not self.hung_up:
                 await asyncio.wait((work, hung), timeout=timeout,
                                    return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -223,7 +245,7 @@ class Channel:
             return work.result()
         if not work.cancelled():
             work.exception()  # raised during its cancellation: retrieved, not our answer
-        if self.hangup.is_set():
+        if self.hung_up:
             raise ChannelGone("the caller hung up")
         raise TimeoutError
 
@@ -245,7 +267,8 @@ class _Session(asyncio.Protocol):
         self.grace_cancelled = False
         self.reply: asyncio.Future[Response | CommandFailed] | None = None  # the one in flight
         self._free: list[asyncio.Future[None]] = []  # commands queued behind it
-        self._timer: asyncio.TimerHandle | None = None  # env deadline, then hangup grace
+        self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
+        self._env_watch: list[_Session | None] = [self]  # see AgiServer._watch_env
 
     # transport callbacks
 
@@ -262,10 +285,10 @@ class _Session(asyncio.Protocol):
             transport.close()
             return
         server.sessions.add(self)
-        self._timer = server.loop.call_later(server.env_timeout, self._env_timeout)
+        server.watch_env(self._env_watch)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.state is not State.ERROR:
+        if self.conn.state is not _ERROR:
             self.conn.receive_data(data)
             self._pump()
 
@@ -277,7 +300,7 @@ class _Session(asyncio.Protocol):
         self.lost = True
         self._end()
         if self.task is None or self.task.done():  # else run_script's finally forgets us
-            self.server.sessions.discard(self)
+            self.forget()
 
     # events from the protocol
 
@@ -306,14 +329,14 @@ class _Session(asyncio.Protocol):
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
                 self._start(event)  # type: ignore[arg-type]
-            else:  # EndOfStream
+            else:  # EndOfStream: a clean end wherever it comes
+                if self.channel is None and self.server.debug:
+                    self.server.log.debug("agi_closed_before_request")
                 self._end()
                 return
 
     def _start(self, request: Request) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._env_watch[0] = None
         server = self.server
         self.channel = Channel(self, request)
         self.task = server.loop.create_task(server.run_script(self, self.channel))
@@ -321,21 +344,20 @@ class _Session(asyncio.Protocol):
     def _caller_gone(self, event: str) -> None:
         """HANGUP or EOF: tell the script at once, and end it if it lingers past the grace."""
         channel = self.channel
-        if channel is None or channel.hangup.is_set():
+        if channel is None or channel.hung_up:
             return
-        channel.hangup.set()
+        channel._mark_hung_up()
         self.server.log.debug(event, uniqueid=channel.uniqueid)
-        if self.task is not None and not self.task.done() and self._timer is None:
-            self._timer = self.server.loop.call_later(self.server.hangup_grace, self._cancel)
+        if self.task is not None and not self.task.done() and self._grace is None:
+            self._grace = self.server.loop.call_later(self.server.hangup_grace, self._cancel)
 
     def _cancel(self) -> None:
-        self._timer = None
+        self._grace = None
         if self.task is not None and not self.task.done():
             self.grace_cancelled = True
             self.task.cancel()
 
-    def _env_timeout(self) -> None:
-        self._timer = None
+    def on_env_timeout(self) -> None:
         peer = self.transport.get_extra_info("peername")  # type: ignore[union-attr]
         self.server.stats["env_timeout"] += 1
         self.server.log.info("agi_env_timeout", peer=_peer_text(peer))
@@ -369,6 +391,8 @@ class _Session(asyncio.Protocol):
         await waiter
 
     def _wake_free(self) -> None:
+        if not self._free:
+            return
         free, self._free = self._free, []
         for waiter in free:
             if not waiter.done():
@@ -380,14 +404,21 @@ class _Session(asyncio.Protocol):
 
     def close(self) -> None:
         self.ended = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._env_watch[0] = None
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.close()
             if transport.get_write_buffer_size():  # a peer that stopped reading
                 self.server.loop.call_later(self.server.close_timeout, transport.abort)
+
+    def forget(self) -> None:
+        """All over: leave the server's books, and break the channel <-> session cycle so
+        refcounting frees both at once (less work for the cyclic GC at high call rates)."""
+        self.server.sessions.discard(self)
+        self.channel = None
 
     def _uniqueid(self) -> str:
         return self.channel.uniqueid if self.channel is not None else ""
@@ -432,10 +463,14 @@ class AgiServer:
         hangup_grace: float = 2.0,
         close_timeout: float = 5.0,
     ) -> None:
+        if env_timeout <= 0 or hangup_grace < 0 or close_timeout < 0:
+            raise ValueError("env_timeout must be positive, hangup_grace and close_timeout >= 0")
         self.registry = registry
         self.services = services
         self.bind = _parse_bind(bind)
-        self.allow: tuple[Network, ...] = tuple(ipaddress.ip_network(a, strict=False) for a in allow)
+        self.allow: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(a, strict=False) for a in allow
+        )
         self.env_timeout = env_timeout
         self.max_env_bytes = max_env_bytes
         self.hangup_grace = hangup_grace
@@ -446,9 +481,11 @@ class AgiServer:
         # Bound once in start(), when logging is configured: structlog's lazy proxy would
         # otherwise rebuild a logger on every call, even for a filtered-out debug event.
         self.log: Any = log
-        self._debug = True
+        self.debug = True  # whether debug events pass the level filter (set in start())
         self._server: asyncio.base_events.Server | None = None
         self._allowed_cache: dict[str, bool] = {}
+        self._env_deadlines: deque[tuple[float, list[_Session | None]]] = deque()
+        self._env_sweep: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         host, port = self.address if self._server else self.bind
@@ -465,7 +502,7 @@ class AgiServer:
         self.loop = asyncio.get_running_loop()
         self.log = log.bind()
         is_enabled_for = getattr(self.log, "is_enabled_for", None)
-        self._debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
+        self.debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
         host, port = self.bind
         self._server = await self.loop.create_server(
             lambda: _Session(self), host, port, reuse_address=True
@@ -485,10 +522,40 @@ class AgiServer:
                 await asyncio.wait(pending)
         for session in list(self.sessions):
             session.close()
+        if self._env_sweep is not None:
+            self._env_sweep.cancel()
+            self._env_sweep = None
+        self._env_deadlines.clear()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
             self.log.info("agi_server_closed")
+
+    def watch_env(self, watch: list[_Session | None]) -> None:
+        """Close ``watch[0]`` unless its environment block is complete within ``env_timeout``.
+
+        One server-wide timer instead of one per connection (a uvloop timer per connection
+        costs about as much as parsing the block). Deadlines come in arrival order, so a deque
+        suffices; a session clears ``watch[0]`` once it no longer needs watching, which also
+        lets it be freed before its deadline passes. A deadline may fire up to a sweep step late.
+        """
+        deadline = self.loop.time() + self.env_timeout
+        self._env_deadlines.append((deadline, watch))
+        if self._env_sweep is None:
+            self._env_sweep = self.loop.call_at(deadline, self._sweep_env)
+
+    def _sweep_env(self) -> None:
+        now = self.loop.time()
+        deadlines = self._env_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            session = deadlines.popleft()[1][0]
+            if session is not None:
+                session.on_env_timeout()
+        if deadlines:
+            step = min(0.25, self.env_timeout / 4)
+            self._env_sweep = self.loop.call_at(max(deadlines[0][0], now + step), self._sweep_env)
+        else:
+            self._env_sweep = None
 
     def allowed(self, peer: Any) -> bool:
         """Whether a peer address (as ``getpeername()`` gives it) is on the allowlist."""
@@ -515,7 +582,7 @@ class AgiServer:
         script = self.registry.get(request.script)
         started = time.monotonic()
         outcome = "success"
-        if self._debug:
+        if self.debug:
             self.log.debug("agi_request_received", uniqueid=channel.uniqueid,
                            script=request.script, args=len(request.args),
                            options=len(request.options))
@@ -541,16 +608,16 @@ class AgiServer:
         finally:
             session.close()
             if session.lost:
-                self.sessions.discard(session)
+                session.forget()
             self.stats[outcome] += 1
             level = _OUTCOME_LEVEL.get(outcome, "info")
-            if level != "debug" or self._debug:
+            if level != "debug" or self.debug:
                 getattr(self.log, level)(
                     "agi_script_finished",
                     uniqueid=channel.uniqueid,
                     script=request.script,
                     outcome=outcome,
-                    hangup=channel.hangup.is_set(),
+                    hangup=channel.hung_up,
                     duration_ms=round((time.monotonic() - started) * 1000, 1),
                 )
 

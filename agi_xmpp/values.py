@@ -49,6 +49,9 @@ def decode_b64_value(value: str) -> str:
     value = value.strip()
     try:
         raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RemoteProtocolError(f"not base64: {value[:40]!r}") from exc
+    except (binascii.Error, ValueError):
+        # no excerpt: this is a channel variable's value, and the message may be logged
+        raise RemoteProtocolError(
+            f"a BASE64_ENCODE value that is not base64 ({len(value)} chars)"
+        ) from None
     return raw.decode("utf-8", "replace")

@@ -1,0 +1,290 @@
+"""Property tests: what we send survives Asterisk's parse_args(); what we read never crashes us."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agi_xmpp.agi_protocol import (
+    MAX_WORDS,
+    NEED_DATA,
+    AgiConnection,
+    EndOfStream,
+    Env,
+    Request,
+    State,
+    quote,
+)
+from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
+
+MAX_ARGS = 128  # res_agi.c
+
+
+def parse_args(line: bytes) -> list[bytes]:
+    """A line-by-line port of res_agi.c parse_args(), rewriting a C string in place.
+
+    ``line`` is what agi_handle_command() gets: the fgets() buffer with the trailing newline cut
+    off, read as a C string (so it ends at the first NUL).
+    """
+    s = bytearray(line.split(b"\0", 1)[0]) + b"\0"
+    argv: list[int] = []  # start offsets into s
+    x = 0
+    quoted = escaped = False
+    whitespace = True
+    cur = 0
+    i = 0
+    while s[i]:
+        c = s[i]
+        normal = False
+        if c == ord('"'):
+            if escaped:  # "If it's escaped, put a literal quote"
+                normal = True
+            else:
+                quoted = not quoted
+                if quoted and whitespace:  # starting a quote off white space starts a word
+                    argv.append(cur)
+                    x += 1
+                    whitespace = False
+                escaped = False
+        elif c in (ord(" "), ord("\t")):
+            if not quoted and not escaped:
+                whitespace = True
+                s[cur] = 0
+                cur += 1
+            else:
+                normal = True
+        elif c == ord("\\"):
+            if escaped:
+                normal = True
+            else:
+                escaped = True
+        else:
+            normal = True
+        if normal:
+            skip = False
+            if whitespace:
+                if x >= MAX_ARGS - 1:  # "Too many arguments, truncating": break out of switch
+                    skip = True
+                else:
+                    argv.append(cur)
+                    x += 1
+                    whitespace = False
+            if not skip:
+                s[cur] = c
+                cur += 1
+                escaped = False
+        i += 1
+    s[cur] = 0
+    assert x <= MAX_ARGS - 1, "argv[x] = NULL would write past argv[MAX_ARGS]"
+    return [bytes(s[start : s.index(0, start)]) for start in argv]
+
+
+def test_port_matches_known_asterisk_behaviour() -> None:
+    """The port reproduces parse_args() on hand-checked inputs."""
+    assert parse_args(b'SET VARIABLE "A B" "x\\"y\\\\z"') == [
+        b"SET", b"VARIABLE", b"A B", b'x"y\\z'
+    ]
+    assert parse_args(b'EXEC "" ""') == [b"EXEC", b"", b""]
+    assert parse_args(b"a\\ b  c\td") == [b"a b", b"c", b"d"]
+    assert parse_args(b'a"b c"d') == [b"ab cd"]
+    assert parse_args(b"trailing\\") == [b"trailing"]
+    assert parse_args(b"cut\0here") == [b"cut"]
+    assert parse_args(b" ".join([b"w"] * 130)) == [b"w"] * 127
+
+
+def fresh(version: str = "22.6.0") -> AgiConnection:
+    """A connection ready for its first command."""
+    conn = AgiConnection()
+    conn.receive_data(f"agi_version: {version}\n\n".encode())
+    assert isinstance(conn.next_event(), Request)
+    return conn
+
+
+def sendable(text: str) -> bool:
+    """What may legally travel: no NUL/CR/LF, and valid UTF-8."""
+    if any(c in text for c in "\0\r\n"):
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@settings(max_examples=2000)
+@given(st.text())
+def test_any_string_roundtrips_or_is_refused(value: str) -> None:
+    """quote()+parse_args() gives back exactly the value, or it is refused before the wire."""
+    conn = fresh()
+    try:
+        line = conn.send_command("SET VARIABLE", "X", value)
+    except LocalProtocolError:
+        assert not sendable(value) or len(value.encode("utf-8")) > 8000
+        assert conn.state is State.IDLE
+        return
+    assert sendable(value)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and b"\0" not in line
+    assert len(line) <= conn.line_limit
+    assert parse_args(line[:-1]) == [b"SET", b"VARIABLE", b"X", value.encode("utf-8")]
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from(' \t"\\ab$,()\'é'), max_size=12), max_size=20))
+def test_many_tricky_arguments_roundtrip(args: list[str]) -> None:
+    """Several arguments dense in quotes, backslashes and blanks come back word for word."""
+    conn = fresh()
+    line = conn.send_command("EXEC", *args)
+    assert parse_args(line[:-1]) == [b"EXEC", *(a.encode() for a in args)]
+
+
+@given(st.lists(st.just("w"), min_size=0, max_size=MAX_WORDS + 5))
+def test_word_count_never_overflows_argv(args: list[str]) -> None:
+    """Either every word reaches Asterisk's argv, or the command is refused."""
+    conn = fresh()
+    try:
+        line = conn.send_command("EXEC", *args)
+    except LocalProtocolError:
+        assert len(args) + 1 > MAX_WORDS
+        return
+    assert parse_args(line[:-1]) == [b"EXEC", *[b"w"] * len(args)]
+
+
+@given(st.text(), st.sampled_from(["20.15.0", "20.16.0", "GIT-master-x", "23.1.0"]))
+def test_quote_is_a_pure_function_of_the_text(value: str, version: str) -> None:
+    """quote() either refuses or returns a double-quoted string with no bare inner quote."""
+    try:
+        q = quote(value)
+    except LocalProtocolError:
+        assert not all(c not in value for c in "\0\r\n")
+        return
+    assert q[0] == q[-1] == '"'
+    inner = q[1:-1]
+    i = 0
+    while i < len(inner):  # every \ escapes the next char; no unescaped "
+        if inner[i] == "\\":
+            assert inner[i + 1] in '\\"'
+            i += 2
+        else:
+            assert inner[i] != '"'
+            i += 1
+    assert fresh(version).line_limit in (2047, 8191)
+
+
+TOKENS = [
+    b"HANGUP\n",
+    b"200 result=1\n",
+    b"200 result=1 (x) endpos=3\n",
+    b"100 result=0 Trying...\n",
+    b"510 Invalid or unknown command\n",
+    b"511 Command Not Permitted on a dead channel or intercept routine\n",
+    b"520 Invalid command syntax.  Proper usage not available.\n",
+    b"520-Invalid command syntax.  Proper usage follows:\n",
+    b"520 End of proper usage.\n",
+    b"agi_arg_1: x\n",
+    b"agi_network_script: s?a=%zz&&=\n",
+    b"\n",
+    b"\r\n",
+    b"\xff\xfe\n",
+]
+wire_chunks = st.lists(
+    st.one_of(st.binary(max_size=40), st.sampled_from(TOKENS)), max_size=40
+)
+
+
+@settings(max_examples=1500)
+@given(wire_chunks, st.booleans(), st.integers(min_value=1, max_value=300))
+def test_parser_only_ever_raises_remote_protocol_error(
+    chunks: list[bytes], eof: bool, max_env: int
+) -> None:
+    """On arbitrary bytes next_event() returns events or raises RemoteProtocolError, only."""
+    conn = AgiConnection(max_env_bytes=max_env, max_reply_bytes=200)
+    try:
+        for chunk in [*chunks, *([b""] if eof else [])]:
+            conn.receive_data(chunk)
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA or isinstance(event, EndOfStream):
+                    break
+                if conn.state is State.IDLE:  # keep a command in flight to reach deeper states
+                    conn.send_command("NOOP")
+            if conn.state is State.CLOSED:
+                break
+    except RemoteProtocolError:
+        assert conn.state is State.ERROR
+        with pytest.raises(RemoteProtocolError):
+            conn.next_event()
+
+
+@given(st.lists(st.text().filter(lambda t: "\n" not in t and sendable(t)), max_size=6))
+def test_env_args_arrive_exactly(args: list[str]) -> None:
+    """Any agi_arg_N value without a newline reaches Request.args exactly."""
+    env = "".join(f"agi_arg_{n}: {a}\n" for n, a in enumerate(args, 1)) + "\n"
+    conn = AgiConnection()
+    conn.receive_data(env.encode())
+    request = conn.next_event()
+    assert isinstance(request, Request)
+    assert request.args == tuple(args)
+
+
+@given(st.lists(st.text().filter(sendable), max_size=8))
+def test_plain_and_escaped_arguments_roundtrip(args: list[str]) -> None:
+    """Any mix of arguments, with or without characters to escape, comes back word for word."""
+    conn = fresh()
+    line = conn.send_command("EXEC", *args)
+    assert parse_args(line[:-1]) == [b"EXEC", *(a.encode() for a in args)]
+    assert line == ("EXEC" + "".join(" " + quote(a) for a in args) + "\n").encode()
+
+
+def drive(chunks: list[bytes]) -> list[object]:
+    """Events (and a final error, if any) from feeding chunks, sending NOOP whenever allowed."""
+    conn = AgiConnection(max_env_bytes=300, max_reply_bytes=200)
+    events: list[object] = []
+    try:
+        for chunk in chunks:
+            conn.receive_data(chunk)
+            while (event := conn.next_event()) is not NEED_DATA:
+                events.append(event)
+                if isinstance(event, EndOfStream):
+                    return events
+                if conn.state is State.IDLE:
+                    conn.send_command("NOOP")
+    except RemoteProtocolError:
+        events.append("RemoteProtocolError")
+    return events
+
+
+@settings(max_examples=500)
+@given(wire_chunks)
+def test_split_points_do_not_change_events(chunks: list[bytes]) -> None:
+    """The same bytes give the same events whole or byte by byte (until the first error)."""
+    data = b"".join(chunks)
+    whole = drive([data, b""] if data else [b""])
+    bytewise = drive([data[i : i + 1] for i in range(len(data))] + [b""])
+    # A too-long line is caught before its newline when fed slowly: compare up to the error.
+    if "RemoteProtocolError" in whole or "RemoteProtocolError" in bytewise:
+        cut = min(len(whole), len(bytewise)) - 1
+        assert whole[:cut] == bytewise[:cut]
+    else:
+        assert whole == bytewise
+
+
+lines = st.one_of(
+    st.builds(lambda k, v: f"{k}: {v}", st.sampled_from(["agi_a", "agi_b", "agi_arg_1"]),
+              st.text().filter(lambda t: "\n" not in t)),
+    st.text().filter(lambda t: "\n" not in t),
+    st.sampled_from(["x: y: z", ": v", "agi_a:", "agi_a:  two"]),
+)
+
+
+@given(st.lists(lines, max_size=12), st.sampled_from(["agi_a", "agi_b", "agi_arg_1", "x", ""]))
+def test_env_field_agrees_with_full_parse(block_lines: list[str], key: str) -> None:
+    """Env.field() (keys without ": ", as every agi_ key) agrees with the full parse."""
+    env = Env("\n".join(block_lines))
+    expected = {}
+    for line in block_lines:
+        k, sep, v = line.partition(": ")
+        if sep:
+            expected[k] = v
+    assert env.field(key) == expected.get(key)
+    assert dict(env) == expected
+    assert env.field(key) == expected.get(key)  # and the same once parsed
