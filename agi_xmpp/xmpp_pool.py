@@ -9,8 +9,9 @@ was accepted can be lost by a crash of ours or the server's: the row outlives bo
 
 Retransmission: when a session comes up *fresh* (a new stream, not a resumed one), every pending
 row of that account younger than ``outbox_ttl`` is sent again with its original stanza id, oldest
-first, so a receiver can drop duplicates by id. A *resumed* stream needs nothing from us: slixmpp
-replays its own unacknowledged stanzas. Rows older than ``outbox_ttl`` become ``expired``.
+first, so a receiver can drop duplicates by id. On a *resumed* stream slixmpp replays its own
+unacknowledged stanzas, so only rows never written on this stream are sent (those QUEUED while it
+was down). Rows older than ``outbox_ttl`` become ``expired``.
 Groupchat rows go to a room only after its join is confirmed (a room rejects messages from
 non-occupants): the resend first joins every room they address, with the nick the session
 remembers for it (else the default nick, e.g. after our own restart); a room that refuses keeps
@@ -34,8 +35,8 @@ from enum import StrEnum
 import structlog
 
 from .config import AccountConfig, Config
-from .inbox import InboundMessage, Inbox, Matcher
 from .errors import InvalidJid
+from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
 from .storage import AsyncStorage, OutboxItem
@@ -101,6 +102,8 @@ class XmppPool:
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
         self._ack_batch: list[str] = []
         self._ack_flush: asyncio.Task[None] | None = None
+        # Ids confirmed while a resend runs: its list of pending rows may predate their commit.
+        self._acked_during_resend: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         online = sum(1 for s in self.sessions.values() if s.online)
@@ -151,9 +154,21 @@ class XmppPool:
         self._in_flight[session.name].add(stanza_id)
 
     async def _resend_pending(self, account: str) -> None:
-        """After a fresh session: send every pending row again, with its original id."""
+        """After a session comes online: send every pending row not in flight on this stream
+        (all of them after a fresh session), with its original id."""
         session = self.sessions[account]
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
+        # Acks not yet handed to storage are not in the query's view; later ones add themselves.
+        acked = self._acked_during_resend[account] = set(self._ack_batch)
+        try:
+            await self._resend_rows(account, session, cutoff, acked)
+        finally:
+            if self._acked_during_resend.get(account) is acked:
+                del self._acked_during_resend[account]
+
+    async def _resend_rows(
+        self, account: str, session: XmppSession, cutoff: datetime, acked: set[str]
+    ) -> None:
         pending = await self.storage.outbox_pending(account, cutoff)
         # Groupchat rows need their room joined first, or the room rejects them: the join is
         # sent and confirmed before any of them is written (shared with the session's re-join).
@@ -161,8 +176,8 @@ class XmppPool:
         in_flight = self._in_flight[account]
         sent = 0
         for item in pending:
-            if item.stanza_id in in_flight:
-                continue  # written on this stream already (a send raced this resend)
+            if item.stanza_id in in_flight or item.stanza_id in acked:
+                continue  # written on this stream already, or confirmed since the query
             if item.kind == "groupchat" and item.to_jid in refused:
                 continue  # stays pending: retried on the next fresh session, until outbox_ttl
             try:
@@ -241,9 +256,10 @@ class XmppPool:
     # -- SessionListener ------------------------------------------------------------------------
 
     def session_online(self, account: str, *, resumed: bool) -> None:
-        if resumed:
-            return
-        self._in_flight[account].clear()
+        if not resumed:
+            self._in_flight[account].clear()
+        # Resumed too: what was QUEUED while the stream was down was never written on it, so
+        # slixmpp has nothing to replay; _resend_pending skips what is in flight on this stream.
         previous = self._resend_tasks.get(account)
         if previous is not None and not previous.done():
             previous.cancel()
@@ -279,6 +295,9 @@ class XmppPool:
 
     def stanza_acked(self, account: str, stanza_id: str) -> None:
         self._in_flight[account].discard(stanza_id)
+        resend_view = self._acked_during_resend.get(account)
+        if resend_view is not None:
+            resend_view.add(stanza_id)
         self._ack_batch.append(stanza_id)
         if self._ack_flush is None or self._ack_flush.done():
             self._ack_flush = asyncio.create_task(self._flush_acks())

@@ -439,7 +439,9 @@ class XmppSession:
         if kind not in (None, "unavailable", "error"):
             return  # subscription traffic is handled by slixmpp's roster
         try:
-            sender = parse_jid(str(presence["from"]))  # type: ignore[index]
+            # The raw attribute: slixmpp's own JID parsing raises its InvalidJID, which escaped
+            # this check and was logged at error level with a traceback for each stanza.
+            sender = parse_jid(presence.xml.get("from", ""))  # type: ignore[attr-defined]
         except InvalidJid:
             self.log.info("xmpp_presence_bad_from")
             return
@@ -472,7 +474,7 @@ class XmppSession:
         if not body:
             return
         try:
-            sender = parse_jid(str(msg["from"]))  # type: ignore[index]
+            sender = parse_jid(msg.xml.get("from", ""))  # type: ignore[attr-defined] - raw, as above
         except InvalidJid:
             self.log.info("xmpp_message_bad_from")
             return
@@ -514,7 +516,13 @@ class XmppSession:
                 )
             except IqError:
                 pass  # an error reply is still a reply: the server read everything before it
-            except (IqTimeout, asyncio.CancelledError):
+            except IqTimeout:
+                # Keep the ids and ping again while the stream is up (raising here left an
+                # unretrieved task exception and the batch unconfirmed until the next send);
+                # a dead link is the keepalive's to drop, and the rows are resent after it.
+                self._unconfirmed[:0] = batch
+                continue
+            except asyncio.CancelledError:
                 self._unconfirmed[:0] = batch
                 raise
             for stanza_id in batch:
@@ -542,8 +550,8 @@ class XmppSession:
     @property
     def default_nick(self) -> str:
         """SPEC §2.4: the account's local part, as written in ``username``."""
-        local = self.account.username.split("/", 1)[0].partition("@")[0]
-        return local if "@" in self.account.username else (self._jid.local or self.name)
+        local, at, _domain = self.account.username.split("/", 1)[0].partition("@")
+        return local if at and local else (self._jid.local or self.name)
 
     def joined_rooms(self) -> dict[str, str]:
         return {room: state.nick for room, state in self._rooms.items() if state.joined}
