@@ -157,6 +157,7 @@ def _directory(config: Config, args: argparse.Namespace) -> int:
     storage = Storage(config.general.database)
     try:
         storage.create_all()
+        storage.directory_load_config(config.directory)  # what the service does at start
         if args.action == "list":
             for entry in storage.directory_list():
                 print(f"{entry.extension:<10} {entry.jid:<35} device={entry.device}" + (f" mailbox={entry.mailbox}" if entry.mailbox else ""))

@@ -560,6 +560,11 @@ class XmppSession:
         state = self._rooms.get(room)
         return state.nick if state is not None and state.joined else None
 
+    def remembered_nick(self, room: str) -> str | None:
+        """Our nick in ``room`` if we are in it or will re-join it (joined or not right now)."""
+        state = self._rooms.get(room)
+        return state.nick if state is not None else None
+
     def remember_room(self, room: Jid, nick: str | None = None) -> None:
         """Join ``room`` on the next fresh session (used while offline); nothing is sent now."""
         self._rooms.setdefault(room.bare, _Room(nick=nick or self.default_nick))

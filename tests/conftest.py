@@ -38,18 +38,24 @@ from xmpp_client import XmppTestClient
 # -- fixtures ---------------------------------------------------------------------------------
 
 
-def _start_or_fail(server: LocalProsody) -> LocalProsody:
-    try:
-        server.start()
-    except LocalProsodyError as exc:
-        pytest.fail(f"could not start Prosody: {exc}", pytrace=False)
-    return server
+def _start_or_fail(make: Callable[[], LocalProsody]) -> LocalProsody:
+    """Start a fresh server; its ports are picked free, but another process may take one
+    before Prosody binds it, so a port clash is retried with new ports."""
+    for attempt in range(3):
+        server = make()
+        try:
+            server.start()
+            return server
+        except LocalProsodyError as exc:
+            if "already in use" not in str(exc) or attempt == 2:
+                pytest.fail(f"could not start Prosody: {exc}", pytrace=False)
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProsody]:
     """One running Prosody for the whole session (do not kill/pause it: use private_prosody)."""
-    server = _start_or_fail(LocalProsody(tmp_path_factory.mktemp("prosody")))
+    server = _start_or_fail(lambda: LocalProsody(tmp_path_factory.mktemp("prosody")))
     try:
         yield server
     finally:
@@ -59,7 +65,7 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProsody]:
 @pytest.fixture
 def private_prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalProsody]:
     """A running Prosody of this test's own, free to kill, pause and restart."""
-    server = _start_or_fail(LocalProsody(tmp_path_factory.mktemp("private-prosody")))
+    server = _start_or_fail(lambda: LocalProsody(tmp_path_factory.mktemp("private-prosody")))
     try:
         yield server
     finally:

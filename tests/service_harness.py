@@ -120,3 +120,21 @@ async def running_harness(
 def with_account_options(config: Config, **options: object) -> Config:
     (name, account), = config.accounts.items()
     return replace(config, accounts={name: replace(account, **options)})  # type: ignore[arg-type]
+
+
+async def settle_presence(svc: ServiceHarness, client, jid: str, code: int, account: str = "asterisk", **presence) -> None:
+    """Send ``presence`` from ``client`` until the service reads ``code`` for ``jid``.
+
+    Right after a subscription, slixmpp may re-send a client's initial presence after the one a
+    test set, so one send is not enough to be sure which the service saw last."""
+    from agi_xmpp.jid import parse_jid
+
+    target = parse_jid(jid)
+
+    def settled() -> bool:
+        if svc.services.presence.status(account, target).code == code:
+            return True
+        client.send_presence(**presence)
+        return False
+
+    await eventually(settled, what=f"{jid} to read {code}")

@@ -74,9 +74,16 @@ def dialplan_script(
 
 def oversized(channel: Channel, variables: Variables) -> str:
     """Why a value cannot be set on this Asterisk (its command line is too short), or ''."""
+    limit = channel.line_limit
     for key, value in variables.items():
+        # Quoting at most doubles a character and UTF-8 takes at most 4 bytes for one, so a
+        # short value needs no exact count (the usual case: status words, short texts); one
+        # that quote() refuses still goes through it, so it is refused here as before.
+        if 4 * (len(key) + len(value)) + 20 <= limit and "\n" not in value \
+                and "\r" not in value and "\0" not in value:
+            continue
         size = len(f"SET VARIABLE {quote(key)} {quote(value)}\n".encode())
-        if size > channel.line_limit:
+        if size > limit:
             return (
                 f"{key} would need a {size}-byte AGI command; this Asterisk accepts "
                 f"{channel.line_limit} (agi_version {channel.env.get('agi_version', '?')})"
@@ -140,7 +147,8 @@ def positive_seconds(text: str, default: float, maximum: float, what: str = "TIM
 def receive_matcher(services: Services, account: str, jid: Jid) -> Matcher:
     """A room JID the account has joined means "the room's next message"; otherwise the sender."""
     if jid.is_bare:
-        nick = services.pool.session(account).room_nick(jid.bare)
+        # a room being re-joined after a reconnect is still that room: its messages will come
+        nick = services.pool.session(account).remembered_nick(jid.bare)
         if nick is not None:
             return Matcher.for_room(jid, nick)
     return Matcher.for_jid(jid)

@@ -10,7 +10,7 @@ import pytest
 
 from agi_xmpp import cli
 
-from service_harness import eventually, running_harness, service_config
+from service_harness import eventually, running_harness, service_config, settle_presence
 
 pytestmark = pytest.mark.integration
 
@@ -69,10 +69,7 @@ async def test_show_buddies_gives_status_and_priority_per_resource(svc, capsys, 
     bob_jid, bob_pw = xmpp_accounts("bob")
     bob = await xmpp_client(bob_jid, bob_pw, resource="desk")
     bob.subscribe(svc.jid)
-    bob.send_presence(show="away", status="lunch", priority=7)
-    from agi_xmpp.jid import parse_jid
-
-    await eventually(lambda: svc.services.presence.status("asterisk", parse_jid(bob_jid)).code == 3)
+    await settle_presence(svc, bob, f"{bob_jid}/desk", 3, show="away", status="lunch", priority=7)
     code, out, _ = await run_cli(capsys, "-c", svc.config_path, "show", "buddies", "asterisk")
     assert code == 0
     assert f"Buddy:\t{bob_jid}" in out
