@@ -18,33 +18,12 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import quote as urlquote
 
+from asterisk_args import parse_command_line
+
 
 def asterisk_parse_args(line: str) -> list[str]:
     """Split a command line exactly as res_agi.c's parse_args() does (quotes, backslashes)."""
-    args: list[str] = []
-    current: list[str] | None = None
-    quoted = escaped = False
-    for ch in line:
-        if ch == '"' and not escaped:
-            quoted = not quoted
-            if quoted and current is None:
-                current = []
-            continue
-        if ch in " \t" and not quoted and not escaped:
-            if current is not None:
-                args.append("".join(current))
-                current = None
-            continue
-        if ch == "\\" and not escaped:
-            escaped = True
-            continue
-        if current is None:
-            current = []
-        current.append(ch)
-        escaped = False
-    if current is not None:
-        args.append("".join(current))
-    return args
+    return parse_command_line(line)
 
 
 @dataclass
