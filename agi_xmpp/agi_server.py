@@ -158,6 +158,10 @@ class Channel:
             )
         return self._log
 
+    def bind_log(self, **context: Any) -> None:
+        """Add context (e.g. ``account``) to every later event of this call."""
+        self._log = self.log.bind(**context)
+
     def __repr__(self) -> str:
         dead = " hungup" if self.hung_up else ""
         return f"<Channel {self.request.script} {self.uniqueid}{dead}>"

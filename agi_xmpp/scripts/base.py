@@ -107,7 +107,9 @@ def required_jid(channel: Channel, index: int, what: str = "JID") -> Jid:
 
 
 def account_for(channel: Channel, services: Services) -> AccountConfig:
+    """The ACCOUNT argument's account (empty: default_account); later log events name it."""
     account = services.config.account(arg(channel, 0))
+    channel.bind_log(account=account.name)
     return account
 
 
