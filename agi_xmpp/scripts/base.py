@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from ..agi_protocol import check_variable_name, quote
 from ..agi_server import Channel, ScriptRegistry
 from ..config import AccountConfig
-from ..errors import LocalProtocolError, ScriptError
+from ..errors import ChannelGone, LocalProtocolError, ScriptError
 from ..inbox import Matcher
 from ..jid import Jid, parse_jid
 from ..services import Services
@@ -25,7 +25,10 @@ from ..services import Services
 registry = ScriptRegistry()
 
 Variables = dict[str, str]
-ScriptBody = Callable[[Channel, Services, Variables], Awaitable[None]]
+Undo = Callable[[], None]
+# A body fills the variables; it may return an ``Undo`` that gives back what it took (a
+# message from the inbox) should the variables not reach Asterisk.
+ScriptBody = Callable[[Channel, Services, Variables], Awaitable[Undo | None]]
 
 
 def dialplan_script(
@@ -38,8 +41,11 @@ def dialplan_script(
         @registry.script(name, help=help)
         async def run(channel: Channel, services: Services) -> None:
             out: Variables = dict.fromkeys(names, "")
+            undo: Undo | None = None
             try:
-                await body(channel, services, out)
+                undo = await body(channel, services, out)
+            except ChannelGone:
+                raise  # the caller left mid-command: routine, the server counts it
             except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
                 if isinstance(exc, ScriptError):
                     reason = str(exc)
@@ -63,8 +69,12 @@ def dialplan_script(
                     out[status] = "FAILURE"
                 out[error] = too_long
                 channel.log.info("script_failed", error=too_long)
+            delivered = True
             for key, value in out.items():
-                await channel.set_variable(key, value)
+                delivered = await channel.set_variable(key, value) and delivered
+            if not delivered and undo is not None:
+                undo()
+                channel.log.info("script_result_undelivered")
 
         run.__name__ = body.__name__
         return body

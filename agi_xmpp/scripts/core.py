@@ -8,6 +8,7 @@ from ..errors import LocalProtocolError, ScriptError
 from ..services import Services
 from ..values import b64, sanitize
 from .base import (
+    Undo,
     Variables,
     account_for,
     arg,
@@ -83,7 +84,7 @@ async def jabber_status(channel: Channel, services: Services, out: Variables) ->
     "(default 20). JABBER_RECEIVE (sanitised), JABBER_RECEIVE_B64 (exact), JABBER_RECEIVE_FROM;\n"
     "JABBER_RECEIVE_STATUS: SUCCESS, TIMEOUT, HANGUP or FAILURE.",
 )
-async def jabber_receive(channel: Channel, services: Services, out: Variables) -> None:
+async def jabber_receive(channel: Channel, services: Services, out: Variables) -> Undo | None:
     account = account_for(channel, services)
     jid = required_jid(channel, 1)
     timeout = positive_seconds(arg(channel, 2), 20.0, services.config.general.max_receive_timeout)
@@ -101,3 +102,5 @@ async def jabber_receive(channel: Channel, services: Services, out: Variables) -
     out["JABBER_RECEIVE_B64"] = b64(message.body)
     out["JABBER_RECEIVE_FROM"] = sanitize(message.sender.full)
     out["JABBER_RECEIVE_STATUS"] = "SUCCESS"
+    # if the connection dies before Asterisk has the variables, the message goes back
+    return lambda: services.pool.inboxes[account.name].put(message)
