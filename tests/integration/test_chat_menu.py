@@ -33,15 +33,6 @@ STOP_MOH = ["EXEC", "StopMusicOnHold"]
 
 
 @pytest.fixture
-async def svc(prosody, xmpp_accounts, tmp_path):
-    """The service with one account ('asterisk') on the shared Prosody."""
-    jid, password = xmpp_accounts("asterisk")
-    async with running_harness(service_config(prosody, jid, password, tmp_path)) as harness:
-        harness.jid = jid
-        yield harness
-
-
-@pytest.fixture
 async def bob(xmpp_accounts, xmpp_client):
     """A person on the other side of the chat."""
     jid, password = xmpp_accounts("bob")

@@ -7,18 +7,9 @@ import base64
 
 import pytest
 
-from service_harness import eventually, running_harness, service_config, settle_presence
+from service_harness import eventually, settle_presence
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def svc(prosody, xmpp_accounts, tmp_path):
-    """The service with one account ('asterisk') on the shared Prosody."""
-    jid, password = xmpp_accounts("asterisk")
-    async with running_harness(service_config(prosody, jid, password, tmp_path)) as harness:
-        harness.jid = jid
-        yield harness
 
 
 async def befriend_service(svc, client) -> None:

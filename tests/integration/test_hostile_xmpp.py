@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from fake_asterisk import agi_call, asterisk_parse_args
-from service_harness import eventually, running_harness, service_config
+from service_harness import eventually
 from service_process import ServiceProcess
 from slixmpp.stanza import Message, Presence
 from slixmpp.xmlstream import ET
@@ -38,15 +38,6 @@ ACCOUNT = "asterisk"
 # What a chat body can hold that a dialplan could trip on: XML carries no C0 controls except
 # TAB and LF (CR arrives as LF), so DEL, NEL and U+2028 are the "control-like" worst case.
 HOSTILE = 'line 1\nline "2", \'3\'\t\\ back\\slash ${SHELL(rm -rf /)} $[1+1] \x7f\x85\u2028 ;EXEC Hangup'
-
-
-@pytest.fixture
-async def svc(prosody, xmpp_accounts, tmp_path):
-    """The service in-process with one account ('asterisk') on the shared Prosody."""
-    jid, password = xmpp_accounts("asterisk")
-    async with running_harness(service_config(prosody, jid, password, tmp_path)) as harness:
-        harness.jid = jid
-        yield harness
 
 
 def figure(name: str, **values: object) -> None:
