@@ -8,6 +8,7 @@ the API to a public address never exposes it by accident.
 from __future__ import annotations
 
 import hmac
+from importlib import resources
 import ipaddress
 
 from collections.abc import Awaitable, Callable
@@ -169,9 +170,16 @@ def _entry_dict(entry: object) -> dict[str, object]:
     return {k: getattr(entry, k) for k in ("extension", "jid", "device", "mailbox")}
 
 
+async def board(_request: web.Request) -> web.Response:
+    """The live presence board of the directory (a static page polling /api/presence)."""
+    page = resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
+    return web.Response(text=page, content_type="text/html", charset="utf-8")
+
+
 def make_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[guard], client_max_size=256 * 1024)
     app[SERVICES] = services
+    app.router.add_get("/", board)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/connections", connections)

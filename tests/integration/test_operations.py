@@ -10,7 +10,7 @@ import pytest
 
 from agi_xmpp import cli
 
-from service_harness import eventually, running_harness, service_config, settle_presence
+from service_harness import running_harness, service_config, settle_presence
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +161,24 @@ def test_show_without_a_running_service_is_a_clear_error(tmp_path, capsys):
     assert "cannot reach the running service" in capsys.readouterr().err
 
 
+
+
+async def test_presence_board_and_its_data(prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """GET / serves the board page; /api/presence gives each directory entry's live status."""
+    from agi_xmpp.config import DirectoryEntry
+
+    jid, password = xmpp_accounts("asterisk")
+    bob_jid, bob_pw = xmpp_accounts("bob")
+    directory = (DirectoryEntry("201", bob_jid), DirectoryEntry("202", "nobody@localhost"))
+    config = service_config(prosody, jid, password, tmp_path, directory=directory)
+    async with running_harness(config, http=True) as svc:
+        bob = await xmpp_client(bob_jid, bob_pw)
+        bob.subscribe(jid)
+        await settle_presence(svc, bob, bob_jid, 5, show="dnd", status="<b>in a meeting</b>")
+        status, page = await asyncio.to_thread(http_get, svc, "/")
+        assert status == 200 and b"Presence board" in page and b"api/presence" in page
+        status, body = await asyncio.to_thread(http_get, svc, "/api/presence")
+    assert status == 200
+    entries = {e["extension"]: e for e in json.loads(body)["entries"]}
+    assert entries["201"]["show"] == "dnd" and entries["201"]["message"] == "<b>in a meeting</b>"
+    assert entries["202"]["code"] == 7
