@@ -35,7 +35,7 @@ from enum import StrEnum
 import structlog
 
 from .config import AccountConfig, Config
-from .errors import InvalidJid
+from .errors import InvalidJid, StorageError
 from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
@@ -307,7 +307,14 @@ class XmppPool:
         await asyncio.sleep(0)
         while self._ack_batch:
             batch, self._ack_batch = self._ack_batch, []
-            count = await self.storage.outbox_acked(batch)
+            try:
+                count = await self.storage.outbox_acked(batch)
+            except StorageError as exc:
+                # Not lost: the rows stay pending (at worst re-sent with the same id later);
+                # keep the ids so the next confirmation's flush tries them again.
+                self._ack_batch[:0] = batch
+                log.error("outbox_ack_failed", count=len(batch), error=str(exc))
+                return
             self.counters.acked += count
 
     # -- views for show commands, health and metrics --------------------------------------------
