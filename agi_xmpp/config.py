@@ -1,16 +1,13 @@
 """Read ``agi_xmpp.conf`` (and res_xmpp's ``xmpp.conf``) into frozen dataclasses.
 
-The files are in Asterisk's own ``.conf`` dialect. pyst2's ``asterisk.config`` splits lines into
-``[sections]`` and ``name = value`` items; this module adds what Asterisk's ``main/config.c`` does
-and pyst2 does not: ``;-- --;`` block comments, ``\\;`` escapes, ``#include``/``#tryinclude``,
-templates ``[name](!)``, inheritance ``[name](base)``, ``[name](+)``, ``+=``, and errors that name
-the file and line. See docs/configuration.md for every key.
+The files are in Asterisk's own ``.conf`` dialect, read by ``conf_dialect`` (pyst2 plus what it
+lacks); this module checks and converts each section's entries, with errors that name the file
+and line. See docs/configuration.md for every key.
 """
 
 from __future__ import annotations
 
 import difflib
-import glob
 import ipaddress
 import os
 import re
@@ -19,9 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-import asterisk.config as pyst2
-
-from .errors import ConfigError, DirectoryError, InvalidJid, UnknownAccount
+from .conf_dialect import Entry, Section, Source, read_sections
+from .errors import DirectoryError, InvalidJid, UnknownAccount
 from .jid import parse_jid
 
 DEFAULT_CONFIG_PATH = "/etc/asterisk/agi_xmpp.conf"
@@ -183,276 +179,6 @@ class Config:
 
 
 # --------------------------------------------------------------------------------------------
-# The dialect: what main/config.c does around the plain "[section]" / "name = value" lines.
-
-_ESCAPED_SEMICOLON = "\x00"  # stands in for "\;" while pyst2 splits off ';' comments
-_MAX_INCLUDE_DEPTH = 10  # config.c gives up at the same depth
-_HEADER = re.compile(r"\[([^\]]*)\]\s*(?:\((.*)\))?")
-_DIRECTIVE = re.compile(r"#(\S*)\s*(.*)")
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    path: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.path}:{self.line}"
-
-    def error(self, reason: str) -> ConfigError:
-        return ConfigError(reason, path=self.path, line=self.line)
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    template: bool = False
-    append: bool = False
-    bases: tuple[str, ...] = ()
-
-
-@dataclass(slots=True)
-class _Entry:
-    key: str  # lower-cased name
-    name: str  # as written (directory extensions keep their case)
-    value: str
-    src: _Source
-    inherited: bool = False
-
-
-@dataclass(slots=True)
-class _Section:
-    name: str
-    src: _Source
-    template: bool
-    entries: list[_Entry]
-
-
-def _strip_comments(line: str, depth: int) -> tuple[str, int, bool]:
-    """Drop ``;`` comments and ``;-- --;`` blocks (nesting) from one line, as config.c does.
-
-    Returns the kept text (``\\;`` turned into a placeholder), the block depth after the line,
-    and whether a block opened from depth 0 on this line.
-    """
-    out: list[str] = []
-    opened = False
-    i, resume = 0, 0
-    while i < len(line):
-        ch = line[i]
-        if ch != ";":
-            if depth == 0:
-                out.append(ch)
-            i += 1
-        elif depth == 0 and out and out[-1] == "\\":
-            out[-1] = _ESCAPED_SEMICOLON  # "\;" is a literal semicolon
-            i += 1
-        elif line.startswith(";--", i) and not line.startswith(";---", i):
-            opened = opened or depth == 0
-            depth += 1
-            i = resume = i + 3
-        elif depth > 0 and i >= resume + 2 and line[i - 2 : i] == "--":
-            depth -= 1
-            i = resume = i + 1
-        elif depth == 0:
-            break  # an ordinary comment: the rest of the line goes
-        else:
-            i += 1
-    return "".join(out), depth, opened
-
-
-class _Reader:
-    """Turns a file and everything it ``#include``s into the flat list of lines pyst2 parses."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.sources: list[_Source] = []
-        self.headers: dict[int, _Header] = {}
-        self._open: list[str] = []
-
-    def read(self, path: str, section: str | None = None, depth: int = 0) -> str | None:
-        """Read ``path``; lines before its first header belong to ``section``. Returns the last."""
-        with open(path, "rb") as f:
-            data = f.read()
-        self._open.append(os.path.realpath(path))
-        block_start: _Source | None = None
-        comment_depth = 0
-        for number, raw in enumerate(data.split(b"\n"), 1):
-            src = _Source(path, number)
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise src.error("this line is not valid UTF-8") from None
-            if number == 1:
-                text = text.removeprefix("\ufeff")
-            if "\x00" in text:
-                raise src.error("this line contains a NUL character")
-            text, comment_depth, opened = _strip_comments(text, comment_depth)
-            if opened:
-                block_start = src
-            text = text.strip()
-            if not text:
-                continue
-            if text[0] == "[":
-                section = self._header(text, src)
-            elif text[0] == "#":
-                section = self._directive(text, src, section, depth)
-            elif section is None:
-                raise src.error("this line is not inside any [section]")
-            else:
-                self._emit(text, src)
-        if comment_depth and block_start is not None:
-            raise block_start.error("block comment ';--' is never closed with '--;'")
-        self._open.pop()
-        return section
-
-    def _emit(self, text: str, src: _Source) -> None:
-        self.lines.append(text + "\n")
-        self.sources.append(src)
-
-    def _header(self, text: str, src: _Source) -> str:
-        match = _HEADER.fullmatch(text)
-        if match is None:
-            raise src.error(
-                f"malformed section header {text!r}: expected [name] or [name](options)"
-            )
-        name = match[1].strip()
-        if not name:
-            raise src.error("empty section name")
-        template = append = False
-        bases: list[str] = []
-        for option in match[2].split(",") if match[2] is not None else ():
-            option = option.strip()
-            if option == "!":
-                template = True
-            elif option == "+":
-                append = True
-            elif not option or option.startswith("+"):
-                raise src.error(f"unsupported section option {option!r} in {text!r}")
-            else:
-                bases.append(option)
-        self.headers[len(self.lines)] = _Header(template, append, tuple(bases))
-        self._emit(f"[{name}]", src)
-        return name
-
-    def _directive(self, text: str, src: _Source, section: str | None, depth: int) -> str | None:
-        match = _DIRECTIVE.fullmatch(text)
-        word, arg = (match[1].lower(), match[2].strip()) if match else ("", "")
-        if word == "exec":
-            raise src.error("#exec is not supported")
-        if word not in ("include", "tryinclude"):
-            raise src.error(f"unknown directive {text.split()[0]!r} (use #include or #tryinclude)")
-        if len(arg) >= 2 and (arg[0], arg[-1]) in (('"', '"'), ("<", ">")):
-            arg = arg[1:-1]
-        if not arg:
-            raise src.error(f"#{word} needs a file name")
-        target = os.path.join(os.path.dirname(src.path), arg)  # absolute arg wins in join
-        if glob.has_magic(target):
-            matches = sorted(glob.glob(target))
-        else:
-            matches = [target] if os.path.exists(target) else []
-        if not matches and word == "include":
-            raise src.error(f"#include: file not found: {target}")
-        if matches and depth + 1 > _MAX_INCLUDE_DEPTH:
-            raise src.error(f"#include nested more than {_MAX_INCLUDE_DEPTH} deep")
-        inner = section
-        for match_path in matches:
-            if os.path.realpath(match_path) in self._open:
-                raise src.error(f"#include loop: {match_path} is already being read")
-            try:
-                inner = self.read(match_path, inner, depth + 1)
-            except OSError as exc:
-                raise src.error(f"#{word}: cannot read {match_path}: {exc.strerror}") from None
-        if inner != section and section is not None:
-            # config.c: after an #include the including file goes on in its own category.
-            self.headers[len(self.lines)] = _Header(append=True)
-            self._emit(f"[{section}]", src)
-        return section
-
-
-class _Pyst2Lines(pyst2.Config):  # type: ignore[misc]
-    """pyst2's parser fed the lines _Reader prepared, instead of a file it opens itself."""
-
-    def __init__(self, lines: list[str]) -> None:
-        self._prepared = lines
-        super().__init__("<agi-xmpp>")
-
-    def load(self) -> None:
-        self.raw_lines = self._prepared
-
-
-def _read_sections(path: str) -> list[_Section]:
-    """Parse ``path`` in Asterisk's dialect; sections in file order, templates resolved."""
-    if not os.path.exists(path):
-        raise ConfigError("configuration file not found", path=path)
-    if os.path.isdir(path):
-        raise ConfigError("is a directory, not a configuration file", path=path)
-    reader = _Reader()
-    try:
-        reader.read(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
-    try:
-        parsed = _Pyst2Lines(reader.lines)
-    except pyst2.ParseError as exc:
-        number, reason = exc.args
-        if "name = value" in reason:
-            reason = "expected 'key = value', a [section] header or a #include"
-        raise reader.sources[number - 1].error(reason) from None
-
-    sections: list[_Section] = []
-    by_name: dict[str, _Section] = {}
-    for category in parsed.categories:
-        index = category.number - 1
-        src, header = reader.sources[index], reader.headers[index]
-        key = category.name.lower()
-        if header.append:
-            section = by_name.get(key)
-            if section is None:
-                raise src.error(f"[{category.name}](+) adds to a section that is not defined above")
-            section.template |= header.template
-        elif key in by_name:
-            first = by_name[key].src
-            raise src.error(
-                f"section [{category.name}] is defined twice (first at {first}); "
-                f"use [{category.name}](+) to add to it"
-            )
-        else:
-            section = by_name[key] = _Section(category.name, src, header.template, [])
-            sections.append(section)
-        for base_name in header.bases:
-            base = by_name.get(base_name.lower())
-            if base is None or base is section:
-                raise src.error(
-                    f"[{category.name}] inherits from [{base_name}], which is not defined above"
-                )
-            section.entries.extend(
-                _Entry(e.key, e.name, e.value, e.src, inherited=True) for e in base.entries
-            )
-        for item in category.items:
-            _add_item(section, item, reader.sources[item.number - 1])
-    return sections
-
-
-def _add_item(section: _Section, item: pyst2.Item, src: _Source) -> None:
-    name = item.name.replace(_ESCAPED_SEMICOLON, ";")
-    raw_value = item.value.replace(_ESCAPED_SEMICOLON, ";")
-    append = name.endswith("+") and item.style != ">"
-    if append:
-        name = name[:-1].rstrip()
-    name = name.removeprefix("\\")  # config.c: a leading backslash escapes the first character
-    if not name:
-        raise src.error("no key name before '='")
-    key = name.lower()
-    if append:  # "key += more" extends the last value of key, as config.c does
-        for index in range(len(section.entries) - 1, -1, -1):
-            previous = section.entries[index]
-            if previous.key == key:
-                value = (previous.value + raw_value).strip()
-                section.entries[index] = _Entry(key, previous.name, value, src)
-                return
-    section.entries.append(_Entry(key, name, raw_value.strip(), src))
-
-
-# --------------------------------------------------------------------------------------------
 # Values: one section's entries checked against the keys it may hold, converted with file:line.
 
 _TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})  # ast_true()
@@ -469,17 +195,17 @@ class _Values:
 
     def __init__(
         self,
-        section: _Section,
+        section: Section,
         allowed: Iterable[str],
         *,
         multi: frozenset[str] = frozenset(),
-        fallback: Mapping[str, _Entry] | None = None,
+        fallback: Mapping[str, Entry] | None = None,
     ) -> None:
         self.section = section
-        self.single: dict[str, _Entry] = dict(fallback or {})
-        self.multi: dict[str, list[_Entry]] = {}
+        self.single: dict[str, Entry] = dict(fallback or {})
+        self.multi: dict[str, list[Entry]] = {}
         allowed = sorted(allowed)
-        own: dict[str, _Entry] = {}
+        own: dict[str, Entry] = {}
         for entry in section.entries:
             if entry.key not in allowed:
                 hint = difflib.get_close_matches(entry.key, allowed, n=1)
@@ -509,7 +235,7 @@ class _Values:
             raise where.error(f"[{self.section.name}] needs '{key}'")
         return entry.value
 
-    def _get(self, key: str) -> _Entry | None:
+    def _get(self, key: str) -> Entry | None:
         entry = self.single.get(key)
         if entry is not None and not entry.value:
             raise entry.src.error(f"'{entry.name}' needs a value")
@@ -724,7 +450,7 @@ _POLICY = {"accept": "accept", "deny": "deny"}
 _ACCOUNT_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+\-]*")
 
 
-def _build_general(section: _Section, base_dir: str) -> tuple[GeneralConfig, _Values]:
+def _build_general(section: Section, base_dir: str) -> tuple[GeneralConfig, _Values]:
     v = _Values(section, _GENERAL_KEYS)
     state_dir = v.path("state_dir", DEFAULT_STATE_DIR, base_dir)
     general = GeneralConfig(
@@ -749,7 +475,7 @@ def _build_general(section: _Section, base_dir: str) -> tuple[GeneralConfig, _Va
     return general, v
 
 
-def _build_ami(section: _Section, base_dir: str) -> AmiConfig:
+def _build_ami(section: Section, base_dir: str) -> AmiConfig:
     v = _Values(section, _AMI_KEYS)
     return AmiConfig(
         host=v.converted("host", "127.0.0.1", _no_space("host")),
@@ -763,9 +489,9 @@ def _build_ami(section: _Section, base_dir: str) -> AmiConfig:
     )
 
 
-def _build_directory(section: _Section) -> tuple[DirectoryEntry, ...]:
+def _build_directory(section: Section) -> tuple[DirectoryEntry, ...]:
     entries: dict[str, DirectoryEntry] = {}
-    own: dict[str, _Source] = {}
+    own: dict[str, Source] = {}
     for entry in section.entries:  # inherited entries come first; the section's own win
         try:
             parsed = parse_directory_value(entry.name, entry.value)
@@ -792,7 +518,7 @@ def _unquote(text: str) -> str:
 
 def _account_warnings(v: _Values) -> list[str]:
     """What res_xmpp would do with this section that agi-xmpp won't, in line order."""
-    notes: list[tuple[_Source, str]] = []
+    notes: list[tuple[Source, str]] = []
     for key, harmless in _CLIENT_IGNORED.items():
         entry = v.single.get(key)
         if entry is not None:
@@ -812,11 +538,11 @@ def _account_warnings(v: _Values) -> list[str]:
 
 
 def _build_account(
-    section: _Section,
+    section: Section,
     *,
     base_dir: str,
     ours: bool,
-    defaults: Mapping[str, _Entry],
+    defaults: Mapping[str, Entry],
     warnings: list[str],
 ) -> AccountConfig | None:
     """An account from a client section; None (with a warning) for a component."""
@@ -895,8 +621,8 @@ def parse_xmpp_conf(
     path = os.fspath(path)
     sink: list[str] = [] if warnings is None else warnings
     base_dir = os.path.dirname(os.path.abspath(path))
-    sections = [s for s in _read_sections(path) if not s.template]
-    defaults: dict[str, _Entry] = {}
+    sections = [s for s in read_sections(path) if not s.template]
+    defaults: dict[str, Entry] = {}
     for section in sections:
         if section.name.lower() == "general":
             general = _Values(section, _XMPP_GENERAL_KEYS)
@@ -932,8 +658,8 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
     ami: AmiConfig | None = None
     directory: tuple[DirectoryEntry, ...] = ()
     accounts: dict[str, AccountConfig] = {}
-    origin: dict[str, _Source] = {}
-    for section in _read_sections(path):
+    origin: dict[str, Source] = {}
+    for section in read_sections(path):
         kind = section.name.lower()
         if section.template:
             continue
