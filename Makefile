@@ -40,7 +40,7 @@ test-integration: system-deps $(STAMP)
 test-e2e: system-deps $(STAMP) lab
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
-bench: system-deps $(STAMP)
+bench: system-deps $(STAMP) lab
 	$(BIN)/python -m bench
 
 sounds:

@@ -325,6 +325,14 @@ class AgiConnection:
         buf += data
         self._buf = buf
 
+    def drained(self) -> bool:
+        """True when ``next_event()`` can only return ``NEED_DATA`` until more bytes arrive.
+
+        Everything received is parsed, no event is due and the peer has not closed: the I/O
+        layer skips that last call after the usual one-line reply (one call in two)."""
+        return (self._pos >= len(self._buf) and not self._eof and not self._hangup_queued
+                and self.state is not _ENV)
+
     def next_event(self) -> Event | _NeedData:
         """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
         if self._hangup_queued:

@@ -53,7 +53,7 @@ import enum
 import itertools
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import InvalidJid
 from .jid import Jid, parse_jid
@@ -159,6 +159,10 @@ _OFFLINE = StatusAnswer(6, Show.OFFLINE, "", "")
 class _Entry:
     presence: ResourcePresence
     seq: int  # arrival order: the last tie-break, for clocks that do not advance
+    answer: StatusAnswer = field(init=False)  # built once here, not on every lookup
+
+    def __post_init__(self) -> None:
+        self.answer = _answer(self.presence)
 
     def key(self) -> tuple[int, int, float, int]:
         p = self.presence
@@ -317,7 +321,7 @@ class PresenceCache:
             return _OFFLINE
         if jid.resource:
             entry = resources.get(jid.resource)
-            return _answer(entry.presence) if entry is not None else _OFFLINE
+            return entry.answer if entry is not None else _OFFLINE
         return _choose(resources) or _OFFLINE
 
     def resources(self, account: str, bare: str | Jid) -> list[ResourcePresence]:
@@ -384,7 +388,10 @@ def _choose(resources: dict[str, _Entry] | None) -> StatusAnswer | None:
     """The best resource's answer: highest priority, then most available, then most recent."""
     if not resources:
         return None
-    return _answer(max(resources.values(), key=_Entry.key).presence)
+    if len(resources) == 1:  # the usual case: one client online
+        for entry in resources.values():
+            return entry.answer
+    return max(resources.values(), key=_Entry.key).answer
 
 
 def _bare_or_none(value: str | Jid) -> str | None:

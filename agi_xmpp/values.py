@@ -29,6 +29,8 @@ def _utf8(text: str) -> bytes:
 
 def sanitize(text: str) -> str:
     """Replace every control character and line/paragraph separator with a space."""
+    if text.isascii() and text.isprintable():  # the usual case: nothing to replace
+        return text
     text = _CONTROLS.sub(" ", text)
     if not text.isascii() and _SURROGATES.search(text):
         text = _SURROGATES.sub("\ufffd", text)
