@@ -130,3 +130,32 @@ async def test_autoprune_removes_contacts_not_listed_as_buddies(prosody, xmpp_ac
         await eventually(
             lambda: bob_jid not in svc.services.presence.contacts("asterisk"), what="bob pruned from the roster"
         )
+
+
+async def test_dns_srv_finds_the_server_when_serverhost_is_absent(prosody, xmpp_accounts, tmp_path, monkeypatch):
+    """Without serverhost the server is found by an _xmpp-client._tcp SRV lookup of the domain."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import slixmpp.xmlstream.xmlstream as xmlstream
+
+    asked: list[str] = []
+
+    class SrvOnlyResolver:
+        """Answers SRV queries as a DNS server would; addresses come from the system resolver."""
+
+        def query(self, name: str, kind: str):
+            asked.append(f"{kind} {name}")
+            answer = asyncio.get_running_loop().create_future()
+            if name == "_xmpp-client._tcp.localhost":
+                answer.set_result([SimpleNamespace(host="localhost.", port=prosody.c2s_port, priority=0, weight=0)])
+            else:
+                answer.set_exception(OSError("NXDOMAIN"))
+            return answer
+
+    monkeypatch.setattr(xmlstream, "default_resolver", lambda loop=None: SrvOnlyResolver())
+    jid, password = xmpp_accounts("asterisk")
+    config = with_account_options(service_config(prosody, jid, password, tmp_path), serverhost=None)
+    async with running_harness(config) as svc:
+        assert svc.pool.session("asterisk").encrypted
+    assert "SRV _xmpp-client._tcp.localhost" in asked
