@@ -1,0 +1,177 @@
+"""In-process cost of one FastAGI call: ``AgiServer`` driven through a fake transport, no sockets.
+
+``python -m bench.inproc [--calls N] [--repeats R] [--profile]``
+
+What the whole-system benchmark cannot show: a change of 1-2 µs per call, well under the noise
+of a shared 2-core machine. Each call is what the load generator does, minus the kernel: a
+session is made, its ``connection_made`` sees an allowed peer, the full environment block
+arrives in one ``data_received``, and every command line the server writes is answered
+``200 result=1`` one loop callback later (as a socket read would come). The script is
+``jabber_status`` against a presence cache holding alice as ``away``. It prints the process CPU
+time per call (hot caches, uvloop): use it for before/after on one machine, in one sitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import sys
+import time
+from typing import Any
+
+from agi_xmpp.agi_server import AgiServer, _Session
+from agi_xmpp.config import AccountConfig, BindAddress, Config, GeneralConfig
+from agi_xmpp.jid import parse_jid
+from agi_xmpp.logs import configure as configure_logging
+from agi_xmpp.presence import PresenceCache
+from agi_xmpp.scripts import registry
+from bench.floors import FloorProtocol
+from bench.loadgen import env_block
+
+_OK = b"200 result=1\n"
+
+
+class _FakeServices:
+    """What jabber_status reads: the config and the presence cache (no XMPP, no database)."""
+
+    def __init__(self) -> None:
+        account = AccountConfig(name="asterisk", username="asterisk@localhost", secret="x")
+        general = GeneralConfig(default_account="asterisk",
+                                agi_bind=BindAddress("127.0.0.1", 0))
+        self.config = Config(path=None, general=general, accounts={"asterisk": account},
+                             directory=())
+        self.presence = PresenceCache()
+        self.presence.set_roster("asterisk", ["alice@localhost"])
+        self.presence.update("asterisk", parse_jid("alice@localhost/desk"), available=True,
+                             show="away", priority=0, status="In a meeting until 3")
+
+
+class _FakeTransport(asyncio.Transport):
+    """Answers each command line one loop callback later; counts the calls it saw end."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, done: list[int]) -> None:
+        super().__init__()
+        self.loop = loop
+        self.done = done
+        self.protocol: Any = None
+        self.closing = False
+        self.lines = 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.lines += 1
+        self.loop.call_soon(self.protocol.data_received, _OK)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.done[0] += 1
+            self.loop.call_soon(self.protocol.connection_lost, None)
+
+
+async def _run(calls: int, block: bytes, make_protocol: Any) -> float:
+    loop = asyncio.get_running_loop()
+    done = [0]
+    finished = loop.create_future()
+
+    def one() -> None:
+        transport = _FakeTransport(loop, done)
+        session = make_protocol()
+        transport.protocol = session
+        session.connection_made(transport)
+        session.data_received(block)
+
+    def next_call(_: Any = None) -> None:
+        # one call at a time, the next one started when the previous closed (c=1, hot)
+        if done[0] >= calls:
+            if not finished.done():
+                finished.set_result(None)
+            return
+        one()
+
+    original_close = _FakeTransport.close
+
+    def close(self: _FakeTransport) -> None:
+        was_closing = self.closing
+        original_close(self)
+        if not was_closing:
+            loop.call_soon(next_call)
+
+    _FakeTransport.close = close  # type: ignore[method-assign]
+    try:
+        start = time.process_time()
+        next_call()
+        await finished
+        return time.process_time() - start
+    finally:
+        _FakeTransport.close = original_close  # type: ignore[method-assign]
+
+
+async def measure(calls: int, repeats: int, profile: bool, floor: bool) -> list[float]:
+    server = AgiServer(registry, _FakeServices(), bind=("127.0.0.1", 0))
+    await server.start()
+    block = env_block("jabber_status", ["asterisk", "alice@localhost"])
+    make_protocol: Any = lambda: _Session(server)  # noqa: E731
+    if floor:  # the same four lines jabber_status sends, from the Protocol floor
+        lines = [b'SET VARIABLE "JABBER_STATUS" "3"\n', b'SET VARIABLE "JABBER_STATUS_SHOW" "away"\n',
+                 b'SET VARIABLE "JABBER_STATUS_MESSAGE" "In a meeting until 3"\n',
+                 b'SET VARIABLE "JABBER_STATUS_ERROR" ""\n']
+        make_protocol = lambda: FloorProtocol(lines)  # noqa: E731
+    try:
+        await _run(min(calls, 2000), block, make_protocol)  # warm-up
+        gc.collect()
+        gc.freeze()
+        results = []
+        for _ in range(repeats):
+            if profile:
+                profiler = cProfile.Profile()
+                profiler.enable()
+            seconds = await _run(calls, block, make_protocol)
+            if profile:
+                profiler.disable()
+                pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            results.append(seconds / calls * 1e6)
+        if not floor and server.stats["success"] < calls:
+            raise SystemExit(f"calls did not succeed: {dict(server.stats)}")
+        return results
+    finally:
+        await server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.inproc")
+    parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--profile", action="store_true", help="cProfile one repeat")
+    parser.add_argument("--floor", action="store_true",
+                        help="measure bench.floors.FloorProtocol (same lines) instead")
+    parser.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
+    args = parser.parse_args(argv)
+    configure_logging("info")  # as the service runs: a routine call logs nothing
+    coro = measure(args.calls, 1 if args.profile else args.repeats, args.profile, args.floor)
+    if args.loop == "uvloop":
+        import uvloop
+
+        results = uvloop.run(coro)
+    else:
+        results = asyncio.run(coro)
+    results.sort()
+    what = "floor Protocol" if args.floor else "jabber_status"
+    print(f"{what} in-process: {results[len(results) // 2]:.2f} µs/call median "
+          f"(min {results[0]:.2f}, max {results[-1]:.2f}; {args.calls} calls × {len(results)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
