@@ -1,21 +1,35 @@
-"""The FastAGI listener: allowlist, deadlines, one task per call, and the ``Channel`` scripts see.
+"""The FastAGI listener: allowlist, deadlines, the scripts' ``Channel``, and how scripts run.
 
 Bytes go from an ``asyncio.Protocol`` (no stream objects, no reader task: the cheapest path per
 session) straight into the sans-I/O ``AgiConnection``; its events resolve the one reply a script
 waits for, set ``Channel.hangup``, or end the session. The reader runs on every ``data_received``,
-so a ``HANGUP`` is seen even while the script waits on something else. Once the environment block
-is complete a task runs the script and closes the connection in ``finally``.
+so a ``HANGUP`` is seen even while the script waits on something else.
+
+How a script runs
+-----------------
+Once the environment block is complete, the script's coroutine runs **inline**: ``_Session``
+steps it itself, at the end of the transport callback that brought the block or the reply it
+waited for, for as long as all it awaits is its AGI replies. ``jabber_status`` never awaits
+anything else, so it costs no task and no event-loop pass per command (with one call at a time,
+that pass is most of the difference to the cheapest possible server; docs/performance.md).
+The first time a script awaits anything else (storage, an XMPP answer, an event, a timer), the
+rest of it is handed to an ordinary asyncio task (``_Adopted``), which awaits that same thing.
+
+Inline steps run in the call's own ``contextvars`` context, as a task's would. What they do not
+have is ``asyncio.current_task()``: code that a script reaches before its first non-AGI await
+must not need it (``asyncio.timeout()`` does; ``asyncio.wait_for()`` does not).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import ipaddress
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -269,18 +283,21 @@ class Channel:
 
 
 class _Session(asyncio.Protocol):
-    """Drives one ``AgiConnection`` from transport callbacks; owns the script's task."""
+    """Drives one ``AgiConnection`` from transport callbacks, and runs its script (see above)."""
 
     def __init__(self, server: AgiServer) -> None:
         self.server = server
         self.conn = AgiConnection(server.max_env_bytes)
         self.transport: asyncio.Transport | None = None
         self.channel: Channel | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.script: Coroutine[Any, Any, None] | None = None  # while it runs inline
+        self.task: asyncio.Task[None] | None = None  # once it no longer does
         self.ended = False  # no command may be sent any more
         self.lost = False  # connection_lost() was called
         self.grace_cancelled = False
         self.reply: asyncio.Future[Response | CommandFailed] | None = None  # the one in flight
+        self._awaited: Any = None  # what the inline script waits for (None: ready to run)
+        self._context: contextvars.Context | None = None  # the inline script's
         self._free: list[asyncio.Future[None]] = []  # commands queued behind it
         self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
         self._env_watch: list[_Session | None] = [self]  # see AgiServer._watch_env
@@ -303,8 +320,13 @@ class _Session(asyncio.Protocol):
         server.watch_env(self._env_watch)
 
     def data_received(self, data: bytes) -> None:
-        if self.conn.state is not _ERROR:
-            self.conn.receive_data(data)
+        conn = self.conn
+        reply = conn.receive_reply(data)  # the usual read: one reply to the command in flight
+        if reply is not None:
+            self._replied(reply)
+            self._run_inline()
+        elif conn.state is not _ERROR:
+            conn.receive_data(data)
             self._pump()
 
     def eof_received(self) -> None:
@@ -314,7 +336,8 @@ class _Session(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._end()
-        if self.task is None or self.task.done():  # else run_script's finally forgets us
+        self._run_inline()  # a script waiting inline learns the channel is gone
+        if not self.running():  # else run_script's finally forgets us
             self.forget()
 
     # events from the protocol
@@ -330,35 +353,89 @@ class _Session(asyncio.Protocol):
                     "agi_protocol_error", uniqueid=self._uniqueid(), error=str(exc)
                 )
                 self._end()
-                return
+                break
             kind = type(event)
             if kind is Response or kind is CommandFailed:
-                reply, self.reply = self.reply, None
-                if reply is not None and not reply.done():  # done: its caller was cancelled
-                    reply.set_result(event)  # type: ignore[arg-type]
-                if self._free:
-                    self._wake_free()
+                self._replied(event)  # type: ignore[arg-type]
                 if conn.drained():
-                    return
+                    break
             elif event is NEED_DATA:
-                return
+                break
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
-                self._start(event)  # type: ignore[arg-type]
+                self._begin(event)  # type: ignore[arg-type]
                 if conn.drained():
-                    return
+                    break
             else:  # EndOfStream: a clean end wherever it comes
                 if self.channel is None and self.server.debug:
                     self.server.log.debug("agi_closed_before_request")
                 self._end()
-                return
+                break
+        # Every event these bytes held has been seen (a HANGUP right after a reply included),
+        # just as a task would find on its next step: now the script may go on.
+        self._run_inline()
 
-    def _start(self, request: Request) -> None:
+    def _replied(self, event: Response | CommandFailed) -> None:
+        reply, self.reply = self.reply, None
+        if reply is not None and not reply.done():  # done: its caller was cancelled
+            reply.set_result(event)
+        if self._free:
+            self._wake_free()
+
+    def _begin(self, request: Request) -> None:
         self._env_watch[0] = None
-        server = self.server
         self.channel = Channel(self, request)
-        self.task = server.loop.create_task(server.run_script(self, self.channel))
+        self.script = self.server.run_script(self, self.channel)
+        self._context = contextvars.copy_context()
+
+    # running the script
+
+    def running(self) -> bool:
+        """A script has started and not yet finished."""
+        return self.script is not None or (self.task is not None and not self.task.done())
+
+    def _run_inline(self) -> None:
+        awaited = self._awaited
+        if self.script is not None and (awaited is None or awaited.done()):
+            self._step(None)
+
+    def _step(self, exc: BaseException | None) -> None:
+        """Run the inline script up to its next await; hand it to a task unless that is a reply."""
+        script = self.script
+        assert script is not None and self._context is not None
+        self._awaited = _STEPPING  # a transport callback from inside the step must not re-enter
+        try:
+            if exc is None:
+                awaited = self._context.run(script.send, None)
+            else:
+                awaited = self._context.run(script.throw, exc)
+        except StopIteration:
+            self.script = self._awaited = None
+            return
+        except BaseException as error:  # run_script handles all but a foreign CancelledError
+            self.script = self._awaited = None
+            self.close()
+            if not isinstance(error, Exception | asyncio.CancelledError):
+                raise  # KeyboardInterrupt, SystemExit
+            self.server.log.warning("agi_script_aborted", uniqueid=self._uniqueid(),
+                                    error=repr(error))
+            return
+        if awaited is not None and awaited is self.reply:
+            self._awaited = awaited  # _pump or _end will settle it, then _run_inline resumes
+        else:
+            self._adopt(awaited)
+
+    def _adopt(self, awaited: Any) -> None:
+        """From now on an asyncio task runs the script, starting by awaiting ``awaited``."""
+        script, self.script, self._awaited = self.script, None, None
+        assert script is not None
+        self.task = self.server.loop.create_task(_Adopted(script, awaited), context=self._context)
+
+    def adopt(self) -> None:
+        """Hand an inline script waiting for its reply to a task (so it can be awaited)."""
+        if self.script is not None and self._awaited is not _STEPPING:
+            self._adopt(self._awaited)  # None: not started yet, the task starts it
 
     def _caller_gone(self, event: str) -> None:
         """HANGUP or EOF: tell the script at once, and end it if it lingers past the grace."""
@@ -367,12 +444,15 @@ class _Session(asyncio.Protocol):
             return
         channel._mark_hung_up()
         self.server.log.debug(event, uniqueid=channel.uniqueid)
-        if self.task is not None and not self.task.done() and self._grace is None:
+        if self.running() and self._grace is None:
             self._grace = self.server.loop.call_later(self.server.hangup_grace, self._cancel)
 
     def _cancel(self) -> None:
         self._grace = None
-        if self.task is not None and not self.task.done():
+        if self.script is not None and self._awaited is not _STEPPING:
+            self.grace_cancelled = True
+            self._step(asyncio.CancelledError())
+        elif self.task is not None and not self.task.done():
             self.grace_cancelled = True
             self.task.cancel()
 
@@ -389,10 +469,10 @@ class _Session(asyncio.Protocol):
         if reply is not None and not reply.done():
             reply.set_exception(ChannelGone("the AGI connection closed"))
         self._wake_free()
-        if self.task is None or self.task.done():
-            self.close()  # no script (yet, or any more): nothing to wait for
-        else:
+        if self.running():
             self._caller_gone("agi_connection_ended")
+        else:
+            self.close()  # no script (yet, or any more): nothing to wait for
 
     # used by Channel and AgiServer
 
@@ -441,6 +521,58 @@ class _Session(asyncio.Protocol):
 
     def _uniqueid(self) -> str:
         return self.channel.uniqueid if self.channel is not None else ""
+
+
+class _Stepping:
+    """``_Session._awaited`` while the inline script is being stepped: never done."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def done() -> bool:
+        return False
+
+
+_STEPPING = _Stepping()
+
+
+class _Adopted(Coroutine[Any, Any, None]):
+    """The rest of an inline script, as a coroutine an asyncio task can run.
+
+    The script is suspended inside an ``await``: the task's first step hands the task what
+    that await yielded (a future, or ``None`` for "step me again soon"), exactly as if the
+    script had yielded it inside the task; from then on every step, cancellation included,
+    goes straight to the script.
+    """
+
+    __slots__ = ("_script", "_first")
+
+    def __init__(self, script: Coroutine[Any, Any, None], awaited: Any) -> None:
+        self._script = script
+        self._first: Any = awaited
+        if awaited is None:  # nothing to wait for: the first step resumes the script at once
+            self._first = _RESUME
+
+    def send(self, value: Any) -> Any:
+        first = self._first
+        if first is not None:
+            self._first = None
+            if first is not _RESUME:
+                return first
+        return self._script.send(value)
+
+    def throw(self, *exc: Any) -> Any:
+        self._first = None
+        return self._script.throw(*exc)
+
+    def close(self) -> None:
+        self._script.close()
+
+    def __await__(self) -> Any:
+        raise TypeError("an adopted script is run by its task, not awaited")
+
+
+_RESUME = object()
 
 
 def _peer_text(peer: Any) -> str:
@@ -532,6 +664,8 @@ class AgiServer:
         """Stop listening, let running scripts finish (up to ``close_timeout``), then end them."""
         if self._server is not None:
             self._server.close()
+        for session in self.sessions:
+            session.adopt()  # a script waiting inline for a reply gets a task to await
         tasks = {s.task for s in self.sessions if s.task is not None and not s.task.done()}
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.close_timeout)
@@ -617,7 +751,9 @@ class AgiServer:
             if not session.grace_cancelled:
                 outcome = "cancelled"
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            task = asyncio.current_task()
+            if task is not None:  # None: the script was running inline (see the top)
+                task.uncancel()
             outcome = "cancelled_after_hangup"
         except Exception:
             # Never hang up the caller: log, close normally, AGISTATUS stays SUCCESS.

@@ -596,9 +596,10 @@ class XmppSession:
 
     async def _await_join(self, room: Jid, state: _Room, previous: _Room | None, timeout: float) -> None:
         try:
-            async with asyncio.timeout(timeout):
-                # shielded: another caller may share this join and must not see it cancelled
-                await asyncio.shield(state.waiter)  # type: ignore[arg-type]
+            # shielded: another caller may share this join and must not see it cancelled.
+            # wait_for, not asyncio.timeout(): a script reaches this inline, with no current
+            # task (agi_server's "How a script runs").
+            await asyncio.wait_for(asyncio.shield(state.waiter), timeout)  # type: ignore[arg-type]
         except (TimeoutError, RoomJoinFailed) as exc:
             if self._rooms.get(room.bare) is state and not state.joined:
                 # a refused nick change leaves us in the room under the old nick
