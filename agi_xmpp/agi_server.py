@@ -29,13 +29,14 @@ import ipaddress
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
 from agi_xmpp.agi_protocol import (
+    _GOOD_NAMES,
     FAILURE_LINE,
     NEED_DATA,
     AgiConnection,
@@ -123,6 +124,8 @@ class Channel:
     Concurrent ``command()`` calls queue behind each other. A command whose caller was cancelled
     (e.g. inside ``until_hangup``) still owns the wire until Asterisk answers it.
     """
+
+    __slots__ = ("request", "hung_up", "_hangup", "_session", "_log", "_log_context")
 
     def __init__(self, session: _Session, request: Request) -> None:
         self.request = request
@@ -223,19 +226,31 @@ class Channel:
         dropping a consumed message) checks it. Invalid names and unsendable values raise
         ``LocalProtocolError``: those are our bugs.
         """
-        check_variable_name(name)
+        return await self.set_variables({name: value})
+
+    async def set_variables(self, variables: Mapping[str, str]) -> bool:
+        """``set_variable`` for each pair in order: True if Asterisk confirmed every one.
+
+        A refused or undeliverable one does not stop the rest from being tried.
+        """
         session = self._session
-        try:
-            if session.reply is None:  # the usual case, without command()'s extra coroutine
-                event = await session.send("SET VARIABLE", (name, value))
-                if type(event) is not Response:
-                    event = self._failed("SET VARIABLE", event)
+        confirmed = True
+        for name, value in variables.items():
+            if name not in _GOOD_NAMES:
+                check_variable_name(name)
+            try:
+                if session.reply is None:  # the usual case, without command()'s extra coroutine
+                    event = await session.send("SET VARIABLE", (name, value))
+                    if type(event) is not Response:
+                        event = self._failed("SET VARIABLE", event)
+                else:
+                    event = await self.command("SET VARIABLE", name, value)
+            except ChannelGone:
+                self.log.debug("agi_set_variable_channel_gone", name=name)
+                confirmed = False
             else:
-                event = await self.command("SET VARIABLE", name, value)
-        except ChannelGone:
-            self.log.debug("agi_set_variable_channel_gone", name=name)
-            return False
-        return event.code == 200
+                confirmed = event.code == 200 and confirmed
+        return confirmed
 
     async def get_variable_exact(self, name: str) -> str:
         """The exact value of channel variable ``name`` (any text: newlines, quotes, commas).
@@ -285,6 +300,10 @@ class Channel:
 class _Session(asyncio.Protocol):
     """Drives one ``AgiConnection`` from transport callbacks, and runs its script (see above)."""
 
+    __slots__ = ("server", "conn", "transport", "channel", "script", "task", "ended", "lost",
+                 "grace_cancelled", "reply", "_awaited", "_context", "_free", "_grace",
+                 "_env_watch")
+
     def __init__(self, server: AgiServer) -> None:
         self.server = server
         self.conn = AgiConnection(server.max_env_bytes)
@@ -321,13 +340,22 @@ class _Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
-        reply = conn.receive_reply(data)  # the usual read: one reply to the command in flight
-        if reply is not None:
-            self._replied(reply)
-            self._run_inline()
-        elif conn.state is not _ERROR:
-            conn.receive_data(data)
-            self._pump()
+        event = conn.receive_reply(data)  # the usual read: one reply to the command in flight
+        if event is None:
+            if conn.state is not _ERROR:
+                conn.receive_data(data)
+                self._pump()
+            return
+        # _replied() and _run_inline(), written out for the path every command takes
+        reply, self.reply = self.reply, None
+        if self._free:
+            self._wake_free()
+        if reply is not None and not reply.done():
+            reply.set_result(event)
+            if reply is self._awaited:
+                self._step(None)
+                return
+        self._run_inline()
 
     def eof_received(self) -> None:
         self.conn.receive_data(b"")
@@ -335,10 +363,14 @@ class _Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._end()
-        self._run_inline()  # a script waiting inline learns the channel is gone
-        if not self.running():  # else run_script's finally forgets us
-            self.forget()
+        if self.running() or self.reply is not None or self._free:
+            self._end()
+            self._run_inline()  # a script waiting inline learns the channel is gone
+            if self.running():
+                return  # run_script's finally forgets us
+        elif not self.ended:
+            self.close()  # gone before its script started
+        self.forget()
 
     # events from the protocol
 
@@ -518,6 +550,7 @@ class _Session(asyncio.Protocol):
         refcounting frees both at once (less work for the cyclic GC at high call rates)."""
         self.server.sessions.discard(self)
         self.channel = None
+        self.transport = None  # and the transport <-> protocol one, should the transport keep us
 
     def _uniqueid(self) -> str:
         return self.channel.uniqueid if self.channel is not None else ""

@@ -228,3 +228,27 @@ def test_env_field_agrees_with_full_parse(block_lines: list[str], key: str) -> N
     assert env.field(key) == expected.get(key)
     assert dict(env) == expected
     assert env.field(key) == expected.get(key)  # and the same once parsed
+
+
+_ENV_KEYS = ["agi_network_script", "agi_version", "agi_arg_1", "agi_arg_2", "agi_arg_3",
+             "agi_arg_4", "agi_channel", "agi_arg_10"]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(_ENV_KEYS),
+                          st.text(alphabet="ab/?=&:% \t", max_size=6)), max_size=12))
+def test_request_agrees_with_the_env_mapping(lines: list[tuple[str, str]]) -> None:
+    """Script, args and version are what the block read as a mapping says (last one wins),
+    whatever the order, duplicates or gaps."""
+    block = "".join(f"{key}: {value}\n" for key, value in lines) + "\n"
+    conn = AgiConnection()
+    conn.receive_data(block.encode())
+    request = conn.next_event()
+    assert isinstance(request, Request)
+    env = dict(request.env)
+    args = []
+    while f"agi_arg_{len(args) + 1}" in env:
+        args.append(env[f"agi_arg_{len(args) + 1}"])
+    assert request.args == tuple(args)
+    assert request.agi_version == env.get("agi_version", "")
+    assert request.script == env.get("agi_network_script", "").partition("?")[0].strip("/").lower()

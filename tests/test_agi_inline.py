@@ -56,6 +56,22 @@ async def test_other_await_hands_the_script_to_a_task(serve) -> None:
     assert CALL_VAR.get() == "unset"  # the inline steps did not set it in the server's context
 
 
+async def test_command_from_a_task_waits_while_the_script_waits_inline(serve) -> None:
+    """A command from a task the script started is sent once the inline script's reply came."""
+    registry = ScriptRegistry()
+
+    @registry.script("two")
+    async def two(channel: Channel, services: object) -> None:
+        other = asyncio.ensure_future(channel.set_variable("FROM_TASK", "1"))
+        await channel.set_variable("FROM_SCRIPT", "1")
+        await other
+
+    server = await serve(registry)
+    async with asyncio.timeout(SAFETY):
+        call = await fake_asterisk(server.address[1], "two")
+    assert call.variables == {"FROM_SCRIPT": "1", "FROM_TASK": "1"}
+
+
 async def test_context_is_private_to_each_call(serve) -> None:
     """A context variable set inline by one call is not seen by the next call."""
     registry = ScriptRegistry()

@@ -69,9 +69,7 @@ def dialplan_script(
                     out[status] = "FAILURE"
                 out[error] = too_long
                 channel.log.info("script_failed", error=too_long)
-            delivered = True
-            for key, value in out.items():
-                delivered = await channel.set_variable(key, value) and delivered
+            delivered = await channel.set_variables(out)
             if not delivered and undo is not None:
                 undo()
                 channel.log.info("script_result_undelivered")
