@@ -149,16 +149,17 @@ Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
 
 
 _LIMITS: dict[str, int] = {}  # agi_version -> line limit (one Asterisk has one version)
-_VERB_WORDS: dict[str, int] = {}  # verbs already checked -> their word count
+# verbs already checked -> (the verb and an opening quote, how many arguments it may take)
+_VERB_PREFIXES: dict[str, tuple[str, int]] = {}
 
 
-def _verb_words(verb: str) -> int:
+def _verb_prefix(verb: str) -> tuple[str, int]:
     if type(verb) is not str or _VERB.fullmatch(verb) is None:
         raise LocalProtocolError(f"not an AGI command verb: {verb!r}")
-    words = verb.count(" ") + 1
-    if len(_VERB_WORDS) < 256:  # verbs are constants in our code; the cap is a safety net
-        _VERB_WORDS[verb] = words
-    return words
+    prefix = (verb + ' "', MAX_WORDS - (verb.count(" ") + 1))
+    if len(_VERB_PREFIXES) < 256:  # verbs are constants in our code; the cap is a safety net
+        _VERB_PREFIXES[verb] = prefix
+    return prefix
 
 
 def line_limit_for(agi_version: str) -> int:
@@ -364,12 +365,12 @@ class AgiConnection:
         None: feed the same bytes to ``receive_data()``. One reply per read is what Asterisk
         sends almost always, so this saves the general path's bookkeeping on most reads.
         """
-        if (self.state is not _WAITING or self._pos < len(self._buf) or self._eof
-                or type(data) is not bytes or data[-1:] != b"\n" or data[:11] != b"200 result="):
+        if self.state is not _WAITING or self._pos < len(self._buf) or self._eof:
             return None
-        response = _PLAIN_REPLIES.get(data)
+        response = _PLAIN_REPLIES.get(data) if type(data) is bytes else None
         if response is None:
-            if data.find(b"\n") != len(data) - 1 or len(data) > self.max_reply_bytes:
+            if (data[-1:] != b"\n" or data[:11] != b"200 result=" or type(data) is not bytes
+                    or data.find(b"\n") != len(data) - 1 or len(data) > self.max_reply_bytes):
                 return None
             response = _parse_result(data[:-1].decode("utf-8", "replace"))
             if response.data is None and len(_PLAIN_REPLIES) < 64:
@@ -499,20 +500,39 @@ class AgiConnection:
         """
         if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
-        words = _VERB_WORDS.get(verb)
-        if words is None:
-            words = _verb_words(verb)
-        if words + len(args) > MAX_WORDS:
+        data = self.encode_command(verb, *args)
+        self.state = _WAITING
+        return data
+
+    def send_encoded(self, data: bytes) -> bytes:
+        """``send_command()`` for a line ``encode_command()`` already made and checked."""
+        if self.state is not _IDLE or self.failure_sent:
+            self._check_can_send()
+        self.state = _WAITING
+        return data
+
+    def encode_command(self, verb: str, *args: str) -> bytes:
+        """The line ``send_command(verb, *args)`` would send, checked, without sending it.
+
+        For commands that go out one after another (``send_encoded``): all of them are checked
+        before the first leaves. Raises ``LocalProtocolError`` as ``send_command`` does.
+        """
+        prefix = _VERB_PREFIXES.get(verb)
+        if prefix is None:
+            prefix = _verb_prefix(verb)
+        if len(args) > prefix[1]:
             raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
         plain = "".join(args)
-        if '"' in plain or "\\" in plain or "\n" in plain or "\r" in plain or "\0" in plain:
-            line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
-        elif args:  # nothing to escape: the same bytes quote() would give, built in one go
-            line = verb + ' "' + '" "'.join(args) + '"\n'
-        else:
+        if not args:
             line = verb + "\n"
+        elif plain.isprintable() and '"' not in plain and "\\" not in plain:
+            # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the bytes
+            # quote() would give, built in one go
+            line = prefix[0] + '" "'.join(args) + '"\n'
+        else:
+            line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
         try:
-            data = line.encode("utf-8")
+            data = line.encode()
         except UnicodeEncodeError as exc:
             raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
         if len(data) > self.line_limit:
@@ -521,7 +541,6 @@ class AgiConnection:
                 f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
                 f"{self.line_limit} (agi_version {version!r})"
             )
-        self.state = _WAITING
         return data
 
     def send_failure(self) -> bytes:

@@ -231,25 +231,32 @@ class Channel:
     async def set_variables(self, variables: Mapping[str, str]) -> bool:
         """``set_variable`` for each pair in order: True if Asterisk confirmed every one.
 
-        A refused or undeliverable one does not stop the rest from being tried.
+        A refused one (``511``) does not stop the rest. All the lines are checked before the
+        first is sent; then the session sends each one as the previous reply arrives, from
+        its transport callbacks, and the script resumes once, with every reply (one event-loop
+        pass and one coroutine resume per command saved; docs/performance.md).
         """
         session = self._session
-        confirmed = True
+        encode = session.conn.encode_command
+        lines = []
         for name, value in variables.items():
             if name not in _GOOD_NAMES:
                 check_variable_name(name)
-            try:
-                if session.reply is None:  # the usual case, without command()'s extra coroutine
-                    event = await session.send("SET VARIABLE", (name, value))
-                    if type(event) is not Response:
-                        event = self._failed("SET VARIABLE", event)
-                else:
-                    event = await self.command("SET VARIABLE", name, value)
-            except ChannelGone:
-                self.log.debug("agi_set_variable_channel_gone", name=name)
-                confirmed = False
-            else:
-                confirmed = event.code == 200 and confirmed
+            lines.append(encode("SET VARIABLE", name, value))
+        if not lines:
+            return True
+        while session.reply is not None:  # a concurrent or abandoned command owes its reply
+            await session.wire_free()
+        try:
+            replies = await session.send_lines(lines)
+        except ChannelGone:
+            self.log.debug("agi_set_variable_channel_gone", variables=len(lines))
+            return False
+        confirmed = len(replies) == len(lines)
+        for event in replies:
+            if type(event) is not Response:
+                event = self._failed("SET VARIABLE", event)  # 511 comes back; 510/520 raise
+            confirmed = event.code == 200 and confirmed
         return confirmed
 
     async def get_variable_exact(self, name: str) -> str:
@@ -302,7 +309,7 @@ class _Session(asyncio.Protocol):
 
     __slots__ = ("server", "conn", "transport", "channel", "script", "task", "ended", "lost",
                  "grace_cancelled", "reply", "_awaited", "_context", "_free", "_grace",
-                 "_env_watch")
+                 "_env_watch", "_lines")
 
     def __init__(self, server: AgiServer) -> None:
         self.server = server
@@ -314,7 +321,8 @@ class _Session(asyncio.Protocol):
         self.ended = False  # no command may be sent any more
         self.lost = False  # connection_lost() was called
         self.grace_cancelled = False
-        self.reply: asyncio.Future[Response | CommandFailed] | None = None  # the one in flight
+        self.reply: asyncio.Future[Any] | None = None  # the command (or lines) in flight
+        self._lines: tuple[list[bytes], list[Response | CommandFailed]] | None = None
         self._awaited: Any = None  # what the inline script waits for (None: ready to run)
         self._context: contextvars.Context | None = None  # the inline script's
         self._free: list[asyncio.Future[None]] = []  # commands queued behind it
@@ -346,15 +354,7 @@ class _Session(asyncio.Protocol):
                 conn.receive_data(data)
                 self._pump()
             return
-        # _replied() and _run_inline(), written out for the path every command takes
-        reply, self.reply = self.reply, None
-        if self._free:
-            self._wake_free()
-        if reply is not None and not reply.done():
-            reply.set_result(event)
-            if reply is self._awaited:
-                self._step(None)
-                return
+        self._replied(event)
         self._run_inline()
 
     def eof_received(self) -> None:
@@ -409,9 +409,19 @@ class _Session(asyncio.Protocol):
         self._run_inline()
 
     def _replied(self, event: Response | CommandFailed) -> None:
+        result: Any = event
+        if self._lines is not None:  # send_lines(): the next line, or all the replies
+            lines, replies = self._lines
+            replies.append(event)
+            if (len(replies) < len(lines) and not self.reply.done()  # type: ignore[union-attr]
+                    and (type(event) is Response or event.code == 511)):
+                self.transport.write(self.conn.send_encoded(lines[len(replies)]))  # type: ignore[union-attr]
+                return
+            self._lines = None
+            result = replies
         reply, self.reply = self.reply, None
         if reply is not None and not reply.done():  # done: its caller was cancelled
-            reply.set_result(event)
+            reply.set_result(result)
         if self._free:
             self._wake_free()
 
@@ -435,13 +445,12 @@ class _Session(asyncio.Protocol):
     def _step(self, exc: BaseException | None) -> None:
         """Run the inline script up to its next await; hand it to a task unless that is a reply."""
         script = self.script
-        assert script is not None and self._context is not None
         self._awaited = _STEPPING  # a transport callback from inside the step must not re-enter
         try:
             if exc is None:
-                awaited = self._context.run(script.send, None)
+                awaited = self._context.run(script.send, None)  # type: ignore[union-attr]
             else:
-                awaited = self._context.run(script.throw, exc)
+                awaited = self._context.run(script.throw, exc)  # type: ignore[union-attr]
         except StopIteration:
             self.script = self._awaited = None
             return
@@ -497,6 +506,7 @@ class _Session(asyncio.Protocol):
     def _end(self) -> None:
         """EOF, a lost connection or a protocol error: no more commands, the caller is gone."""
         self.ended = True
+        self._lines = None
         reply, self.reply = self.reply, None
         if reply is not None and not reply.done():
             reply.set_exception(ChannelGone("the AGI connection closed"))
@@ -511,8 +521,24 @@ class _Session(asyncio.Protocol):
     def send(self, verb: str, args: tuple[str, ...]) -> asyncio.Future[Response | CommandFailed]:
         if self.ended:
             raise ChannelGone("the AGI connection closed")
-        data = self.conn.send_command(verb, *args)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(self.conn.send_command(verb, *args))  # type: ignore[union-attr]
+        self.reply = reply = self.server.loop.create_future()
+        return reply
+
+    def send_lines(self, lines: list[bytes]) -> asyncio.Future[list[Response | CommandFailed]]:
+        """Send ``lines`` (from ``encode_command``), each once the previous one is answered.
+
+        The future gets every reply; fewer than the lines when a ``510``/``520`` stopped them,
+        or when its waiter was cancelled (then only the line in flight is still answered).
+        """
+        reply = self.send_encoded(lines[0])
+        self._lines = (lines, [])
+        return reply
+
+    def send_encoded(self, line: bytes) -> asyncio.Future[Any]:
+        if self.ended:
+            raise ChannelGone("the AGI connection closed")
+        self.transport.write(self.conn.send_encoded(line))  # type: ignore[union-attr]
         self.reply = reply = self.server.loop.create_future()
         return reply
 

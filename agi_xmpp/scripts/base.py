@@ -83,6 +83,10 @@ def dialplan_script(
 def oversized(channel: Channel, variables: Variables) -> str:
     """Why a value cannot be set on this Asterisk (its command line is too short), or ''."""
     limit = channel.line_limit
+    values = "".join(variables.values())
+    if 4 * (len("".join(variables)) + len(values)) + 20 <= limit and "\n" not in values \
+            and "\r" not in values and "\0" not in values:
+        return ""  # the usual case: all of them together are far from the limit
     for key, value in variables.items():
         # Quoting at most doubles a character and UTF-8 takes at most 4 bytes for one, so a
         # short value needs no exact count (the usual case: status words, short texts); one
@@ -104,7 +108,8 @@ def oversized(channel: Channel, variables: Variables) -> str:
 
 def arg(channel: Channel, index: int) -> str:
     """Positional argument ``index`` (0-based), stripped; empty when absent."""
-    return channel.args[index].strip() if index < len(channel.args) else ""
+    args = channel.request.args
+    return args[index].strip() if index < len(args) else ""
 
 
 def required_jid(channel: Channel, index: int, what: str = "JID") -> Jid:
