@@ -22,7 +22,8 @@ from bench.procs import cpu_count
 from bench.results import Row, table, write_json
 from bench.world import World
 
-SCENARIOS = ("agi_cost", "round_trips", "presence_ingest", "xmpp_send", "waiting", "asterisk")
+SCENARIOS = ("agi_cost", "instructions", "round_trips", "presence_ingest", "xmpp_send", "waiting",
+             "asterisk")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 _T0 = time.monotonic()
 

@@ -34,7 +34,7 @@ from bench.loadgen import env_block
 _OK = b"200 result=1\n"
 
 
-class _FakeServices:
+class FakeServices:
     """What jabber_status reads: the config and the presence cache (no XMPP, no database)."""
 
     def __init__(self) -> None:
@@ -119,7 +119,7 @@ async def _run(calls: int, block: bytes, make_protocol: Any) -> float:
 
 
 async def measure(calls: int, repeats: int, profile: bool, floor: bool) -> list[float]:
-    server = AgiServer(registry, _FakeServices(), bind=("127.0.0.1", 0))
+    server = AgiServer(registry, FakeServices(), bind=("127.0.0.1", 0))
     await server.start()
     block = env_block("jabber_status", ["asterisk", "alice@localhost"])
     make_protocol: Any = lambda: _Session(server)  # noqa: E731

@@ -3,6 +3,8 @@
 * ``agi_cost``: jabber_status at 1/10/100/1000 concurrent calls against agi-xmpp and the
   baselines (floors, panoramisk) that send exactly the lines agi-xmpp sent; headline: the
   server's CPU per session, with sessions/s and p50/p99 beside it.
+* ``instructions``: instructions per call under callgrind, agi-xmpp against the floor (in
+  ``bench.instructions``): the precise figure for before/after.
 * ``round_trips``: AGI commands each script sends.
 * ``presence_ingest``: presence updates/s the cache absorbs while lookups continue.
 * ``xmpp_send``: jabber_send through the real Prosody, sustained messages/s and p99.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import loadgen
+from bench.instructions import instructions  # noqa: F401 - a scenario, found by name
 from bench.procs import listen_backlog, open_fds, pinned
 from bench.results import Row, median, verdict
 from bench.world import ACCOUNT, ALICE_STATUS, SENDERS, World

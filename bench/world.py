@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,10 +32,26 @@ SENDERS = 10  # peers that send messages to jabber_receive waiters
 
 
 def agi_xmpp_argv(config: Path, src: Path | None = None) -> list[str]:
+    """The command that serves ``config``; with ``src``, from that tree's ``agi_xmpp``.
+
+    ``src`` reaches the child through ``PYTHONPATH``. ``-P`` matters: ``python -m`` otherwise
+    puts the working directory first on ``sys.path``, and from the repository root that is
+    the working tree's ``agi_xmpp``, whatever ``PYTHONPATH`` says (which, until this was
+    found, made every ``--compare-src`` run compare the working tree with itself).
+    """
     exe = Path(sys.executable).with_name("agi-xmpp")
     if src is None and exe.exists():
         return [str(exe), "--config", str(config), "serve"]
-    return [sys.executable, "-m", "agi_xmpp", "--config", str(config), "serve"]
+    return [sys.executable, "-P", "-m", "agi_xmpp", "--config", str(config), "serve"]
+
+
+def check_src(argv: list[str], src: Path, env: dict[str, str]) -> None:
+    """Fail unless ``argv`` really imports ``agi_xmpp`` from ``src``."""
+    probe = [argv[0], "-P", "-c", "import agi_xmpp; print(agi_xmpp.__file__)"]
+    where = subprocess.run(probe, env={**os.environ, **env}, capture_output=True, text=True,
+                           check=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(src.resolve()):
+        raise RuntimeError(f"agi_xmpp from {src} was asked for, {where} would run")
 
 
 class World:
@@ -48,6 +66,7 @@ class World:
         self.passwords: dict[str, str] = {}
         self.agi: Server | None = None
         self.compare: Server | None = None
+        self.compare_src: Path | None = None
         self.agi_port = free_port()
         self.http_port = free_port()
         self.peers: dict[str, Peer] = {}
@@ -99,6 +118,8 @@ class World:
         config = self.write_config(name, user, agi_port, http_port)
         health = f"http://127.0.0.1:{http_port}/health"
         env = {"PYTHONPATH": str(src)} if src else None
+        if src is not None:
+            check_src(agi_xmpp_argv(config, src), src, env)  # type: ignore[arg-type]
         server = Server(name, agi_xmpp_argv(config, src), port=agi_port,
                         log_path=self.tmp / f"{name}.log", cpus=self.server_cpus,
                         ready=lambda: http_ok(health), env=env)
@@ -112,6 +133,7 @@ class World:
     def start_compare(self, src: Path) -> Server:
         """A second agi-xmpp from another source tree (its own XMPP account, same section
         name), measured side by side with the first: before/after in one run."""
+        self.compare_src = src
         self.compare = self._start_service("agi-xmpp-before", COMPARE_ACCOUNT, src)
         return self.compare
 
