@@ -329,7 +329,7 @@ class AgiConnection:
         self._scan = 0  # ENV: where the search for the blank line resumes
         self._eof = False
         self._hangup_queued = False  # a HANGUP line inside the env block, due after the Request
-        self._usage: list[str] = []
+        self._usage: list[str] = []  # a 520- block being read
         self._error = ""
 
     def __repr__(self) -> str:

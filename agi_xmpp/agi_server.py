@@ -325,7 +325,7 @@ class _Session(asyncio.Protocol):
         self._lines: tuple[list[bytes], list[Response | CommandFailed]] | None = None
         self._awaited: Any = None  # what the inline script waits for (None: ready to run)
         self._context: contextvars.Context | None = None  # the inline script's
-        self._free: list[asyncio.Future[None]] = []  # commands queued behind it
+        self._free: list[asyncio.Future[None]] | None = None  # commands queued behind it
         self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
         self._env_watch: list[_Session | None] = [self]  # see AgiServer._watch_env
 
@@ -354,8 +354,8 @@ class _Session(asyncio.Protocol):
                 conn.receive_data(data)
                 self._pump()
             return
-        self._replied(event)
-        self._run_inline()
+        if self._replied(event):
+            self._run_inline()
 
     def eof_received(self) -> None:
         self.conn.receive_data(b"")
@@ -408,7 +408,8 @@ class _Session(asyncio.Protocol):
         # just as a task would find on its next step: now the script may go on.
         self._run_inline()
 
-    def _replied(self, event: Response | CommandFailed) -> None:
+    def _replied(self, event: Response | CommandFailed) -> bool:
+        """Deliver a reply; False when it only let the next of ``send_lines()`` go out."""
         result: Any = event
         if self._lines is not None:  # send_lines(): the next line, or all the replies
             lines, replies = self._lines
@@ -416,7 +417,7 @@ class _Session(asyncio.Protocol):
             if (len(replies) < len(lines) and not self.reply.done()  # type: ignore[union-attr]
                     and (type(event) is Response or event.code == 511)):
                 self.transport.write(self.conn.send_encoded(lines[len(replies)]))  # type: ignore[union-attr]
-                return
+                return False
             self._lines = None
             result = replies
         reply, self.reply = self.reply, None
@@ -424,6 +425,7 @@ class _Session(asyncio.Protocol):
             reply.set_result(result)
         if self._free:
             self._wake_free()
+        return True
 
     def _begin(self, request: Request) -> None:
         self._env_watch[0] = None
@@ -544,13 +546,15 @@ class _Session(asyncio.Protocol):
 
     async def wire_free(self) -> None:
         waiter = self.server.loop.create_future()
+        if self._free is None:
+            self._free = []
         self._free.append(waiter)
         await waiter
 
     def _wake_free(self) -> None:
         if not self._free:
             return
-        free, self._free = self._free, []
+        free, self._free = self._free, None
         for waiter in free:
             if not waiter.done():
                 waiter.set_result(None)
