@@ -41,6 +41,7 @@ test-e2e: system-deps $(STAMP) lab
 	$(BIN)/python -m pytest tests/e2e $(PYTEST_ARGS)
 
 bench: system-deps $(STAMP) lab
+	@tools/install-system-deps.sh --bench
 	$(BIN)/python -m bench
 
 sounds:
