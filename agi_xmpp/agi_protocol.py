@@ -440,7 +440,11 @@ class AgiConnection:
             self._fail(f"environment block longer than {self.max_env_bytes} bytes")
         # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
         block = buf[:end].decode("utf-8", "replace")
-        self._pos = end + 1
+        if end + 1 == len(buf):  # the usual read: the block and nothing else. The Env keeps
+            self._buf = b""  # the text; the bytes need not live as long as the call does
+            self._pos = self._scan = 0
+        else:
+            self._pos = end + 1
         request, hangup = _make_request(block)
         self.request = request
         limit = _LIMITS.get(request.agi_version)

@@ -755,8 +755,14 @@ class AgiServer:
         suffices; a session clears ``watch[0]`` once it no longer needs watching, which also
         lets it be freed before its deadline passes. A deadline may fire up to a sweep step late.
         """
+        deadlines = self._env_deadlines
+        # Drop the oldest entries whose block has long arrived (the usual case within
+        # microseconds): otherwise every call's entry would stay alive for env_timeout,
+        # 50,000 of them at 10,000 calls/s, for the cyclic GC to walk again and again.
+        while deadlines and deadlines[0][1][0] is None:
+            deadlines.popleft()
         deadline = self.loop.time() + self.env_timeout
-        self._env_deadlines.append((deadline, watch))
+        deadlines.append((deadline, watch))
         if self._env_sweep is None:
             self._env_sweep = self.loop.call_at(deadline, self._sweep_env)
 

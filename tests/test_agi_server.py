@@ -667,6 +667,14 @@ async def test_env_deadline_only_hits_stalled_connections(serve) -> None:
     assert server.stats["env_timeout"] == 3 and server.stats["success"] == 10
 
 
+async def test_finished_calls_leave_no_env_deadlines_behind(serve) -> None:
+    """Calls whose block arrived do not keep their env-deadline entries for env_timeout."""
+    server = await serve(echo_registry(), env_timeout=60)
+    for i in range(20):
+        await fake_asterisk(server.address[1], "echo", (str(i),))
+    assert len(server._env_deadlines) <= 1  # only the latest call's, dropped by the next
+
+
 def test_runs_on_uvloop() -> None:
     """The product runs on uvloop: a call, an unknown script and a hangup behave the same there."""
     uvloop = pytest.importorskip("uvloop")

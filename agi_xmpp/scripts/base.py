@@ -12,6 +12,7 @@ leak into a later decision. A ``ScriptError`` becomes ``*_STATUS=FAILURE`` plus 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Iterable
 
 from ..agi_protocol import check_variable_name, quote
@@ -27,8 +28,10 @@ registry = ScriptRegistry()
 Variables = dict[str, str]
 Undo = Callable[[], None]
 # A body fills the variables; it may return an ``Undo`` that gives back what it took (a
-# message from the inbox) should the variables not reach Asterisk.
-ScriptBody = Callable[[Channel, Services, Variables], Awaitable[Undo | None]]
+# message from the inbox) should the variables not reach Asterisk. A body that never waits
+# (jabber_status answers from the cache) may be a plain function: no coroutine to make and
+# finish on every call.
+ScriptBody = Callable[[Channel, Services, Variables], Awaitable[Undo | None] | Undo | None]
 
 
 def dialplan_script(
@@ -38,12 +41,17 @@ def dialplan_script(
     names = tuple(variables)
 
     def decorate(body: ScriptBody) -> ScriptBody:
+        waits = inspect.iscoroutinefunction(body)
+
         @registry.script(name, help=help)
         async def run(channel: Channel, services: Services) -> None:
             out: Variables = dict.fromkeys(names, "")
             undo: Undo | None = None
             try:
-                undo = await body(channel, services, out)
+                if waits:
+                    undo = await body(channel, services, out)  # type: ignore[misc]
+                else:
+                    undo = body(channel, services, out)  # type: ignore[assignment]
             except ChannelGone:
                 raise  # the caller left mid-command: routine, the server counts it
             except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer

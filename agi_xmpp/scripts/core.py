@@ -50,7 +50,7 @@ async def jabber_send(channel: Channel, services: Services, out: Variables) -> N
     "6 offline, 7 not in roster; JABBER_STATUS_SHOW to the word and JABBER_STATUS_MESSAGE to the\n"
     "status text. Answered from the live presence cache, without a network round trip.",
 )
-async def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
+def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
     target = arg(channel, 2)
     if target:
         try:
@@ -63,7 +63,7 @@ async def jabber_status(channel: Channel, services: Services, out: Variables) ->
     jid = required_jid(channel, 1)
     answer = services.presence.status(account.name, jid)
     out[target or "JABBER_STATUS"] = str(answer.code)
-    out["JABBER_STATUS_SHOW"] = answer.show.value
+    out["JABBER_STATUS_SHOW"] = str(answer.show)  # a StrEnum: its value, without the enum lookup
     out["JABBER_STATUS_MESSAGE"] = sanitize(answer.message)
 
 
