@@ -547,6 +547,26 @@ class AgiConnection:
             )
         return data
 
+    def encode_set_variables(self, variables: Mapping[str, str]) -> list[bytes]:
+        """``encode_command("SET VARIABLE", name, value)`` for each pair, names checked too.
+
+        The same bytes, made without the general path for the usual value (printable, nothing
+        to escape); ``LocalProtocolError`` for a bad name or an unsendable value, before any
+        line is returned.
+        """
+        lines = []
+        limit = self.line_limit
+        for name, value in variables.items():
+            if name not in _GOOD_NAMES:
+                check_variable_name(name)  # a valid name needs no escaping
+            if value.isprintable() and '"' not in value and "\\" not in value:
+                line = ('SET VARIABLE "' + name + '" "' + value + '"\n').encode()
+                if len(line) <= limit:
+                    lines.append(line)
+                    continue
+            lines.append(self.encode_command("SET VARIABLE", name, value))  # or its error
+        return lines
+
     def send_failure(self) -> bytes:
         """Return the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
 

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 
 from agi_xmpp.agi_protocol import (
-    _GOOD_NAMES,
     FAILURE_LINE,
     NEED_DATA,
     AgiConnection,
@@ -237,12 +236,7 @@ class Channel:
         pass and one coroutine resume per command saved; docs/performance.md).
         """
         session = self._session
-        encode = session.conn.encode_command
-        lines = []
-        for name, value in variables.items():
-            if name not in _GOOD_NAMES:
-                check_variable_name(name)
-            lines.append(encode("SET VARIABLE", name, value))
+        lines = session.conn.encode_set_variables(variables)
         if not lines:
             return True
         while session.reply is not None:  # a concurrent or abandoned command owes its reply

@@ -15,6 +15,7 @@ from agi_xmpp.agi_protocol import (
     Env,
     Request,
     State,
+    check_variable_name,
     quote,
 )
 from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
@@ -252,3 +253,25 @@ def test_request_agrees_with_the_env_mapping(lines: list[tuple[str, str]]) -> No
     assert request.args == tuple(args)
     assert request.agi_version == env.get("agi_version", "")
     assert request.script == env.get("agi_network_script", "").partition("?")[0].strip("/").lower()
+
+
+_NAMES = st.sampled_from(["A", "JABBER_STATUS", "__X1", "bad name", "1X", "_x_"])
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(_NAMES, st.text(max_size=40)), max_size=5), st.sampled_from(
+    ["22.6.0", "18.0.0"]))
+def test_encode_set_variables_is_encode_command_per_pair(pairs, version) -> None:
+    """encode_set_variables() gives encode_command()'s bytes for every pair, or its error."""
+    conn = AgiConnection()
+    conn.receive_data(f"agi_version: {version}\n\n".encode())
+    conn.next_event()
+    variables = dict(pairs)
+    try:
+        expected = [conn.encode_command("SET VARIABLE", check_variable_name(name), value)
+                    for name, value in variables.items()]
+    except LocalProtocolError:
+        with pytest.raises(LocalProtocolError):
+            conn.encode_set_variables(variables)
+        return
+    assert conn.encode_set_variables(variables) == expected

@@ -112,3 +112,20 @@ def test_encoded_lines_still_go_one_at_a_time() -> None:
         conn.send_encoded(conn.encode_command("SET VARIABLE", "B", "2"))
     with pytest.raises(LocalProtocolError):
         conn.send_command("SET VARIABLE", "B", "2")
+
+
+def test_encode_set_variables_keeps_the_line_limit() -> None:
+    """Around Asterisk's line limit, encode_set_variables() accepts and refuses what
+    encode_command() does."""
+    conn = AgiConnection()
+    conn.receive_data(b"agi_version: 18.0.0\n\n")  # the 2 KB line of older Asterisks
+    conn.next_event()
+    for size in range(2010, 2040):
+        value = "a" * size
+        try:
+            expected = [conn.encode_command("SET VARIABLE", "V", value)]
+        except LocalProtocolError:
+            with pytest.raises(LocalProtocolError):
+                conn.encode_set_variables({"V": value})
+        else:
+            assert conn.encode_set_variables({"V": value}) == expected
