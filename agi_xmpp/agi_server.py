@@ -10,9 +10,7 @@ How a script runs
 Once the environment block is complete, the script's coroutine runs **inline**: ``_Session``
 steps it itself, at the end of the transport callback that brought the block or the reply it
 waited for, for as long as all it awaits is its AGI replies. ``jabber_status`` never awaits
-anything else, so it costs no task and no event-loop pass per command (with one call at a time,
-that pass is most of the difference to the cheapest possible server; docs/performance.md).
-The first time a script awaits anything else (storage, an XMPP answer, an event, a timer), the
+anything else, so it costs no task and no event-loop pass per command. The first time a script awaits anything else (storage, an XMPP answer, an event, a timer), the
 rest of it is handed to an ordinary asyncio task (``_Adopted``), which awaits that same thing.
 
 Inline steps run in the call's own ``contextvars`` context, as a task's would. What they do not
@@ -232,8 +230,8 @@ class Channel:
 
         A refused one (``511``) does not stop the rest. All the lines are checked before the
         first is sent; then the session sends each one as the previous reply arrives, from
-        its transport callbacks, and the script resumes once, with every reply (one event-loop
-        pass and one coroutine resume per command saved; docs/performance.md).
+        its transport callbacks, and the script resumes once, with every reply, instead of
+        once per command (docs/performance.md).
         """
         session = self._session
         lines = session.conn.encode_set_variables(variables)
@@ -410,7 +408,8 @@ class _Session(asyncio.Protocol):
             replies.append(event)
             if (len(replies) < len(lines) and not self.reply.done()  # type: ignore[union-attr]
                     and (type(event) is Response or event.code == 511)):
-                self.transport.write(self.conn.send_encoded(lines[len(replies)]))  # type: ignore[union-attr]
+                line = self.conn.send_encoded(lines[len(replies)])
+                self.transport.write(line)  # type: ignore[union-attr]
                 return False
             self._lines = None
             result = replies
@@ -515,14 +514,11 @@ class _Session(asyncio.Protocol):
     # used by Channel and AgiServer
 
     def send(self, verb: str, args: tuple[str, ...]) -> asyncio.Future[Response | CommandFailed]:
-        if self.ended:
-            raise ChannelGone("the AGI connection closed")
-        self.transport.write(self.conn.send_command(verb, *args))  # type: ignore[union-attr]
-        self.reply = reply = self.server.loop.create_future()
-        return reply
+        return self.send_encoded(self.conn.encode_command(verb, *args))
 
     def send_lines(self, lines: list[bytes]) -> asyncio.Future[list[Response | CommandFailed]]:
-        """Send ``lines`` (from ``encode_command``), each once the previous one is answered.
+        """Send ``lines`` (from ``AgiConnection.encode_command`` or ``encode_set_variables``),
+        each once the previous one is answered.
 
         The future gets every reply; fewer than the lines when a ``510``/``520`` stopped them,
         or when its waiter was cancelled (then only the line in flight is still answered).
