@@ -26,6 +26,7 @@ import gc
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agi_xmpp.agi_server import AgiServer, _Session
@@ -56,21 +57,19 @@ class FakeServices:
 
 
 class _FakeTransport(asyncio.Transport):
-    """Answers each command line one loop callback later; counts the calls it saw end."""
+    """Answers each command line one loop callback later; calls ``on_close`` once closed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, done: list[int]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_close: Callable[[], None]) -> None:
         super().__init__()
         self.loop = loop
-        self.done = done
+        self.on_close = on_close
         self.protocol: Any = None
         self.closing = False
-        self.lines = 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 40000) if name == "peername" else default
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
-        self.lines += 1
         self.loop.call_soon(self.protocol.data_received, _OK)
 
     def is_closing(self) -> bool:
@@ -82,46 +81,33 @@ class _FakeTransport(asyncio.Transport):
     def close(self) -> None:
         if not self.closing:
             self.closing = True
-            self.done[0] += 1
             self.loop.call_soon(self.protocol.connection_lost, None)
+            self.on_close()
 
 
 async def _run(calls: int, block: bytes, make_protocol: Any) -> float:
+    """CPU seconds for ``calls`` calls, one at a time (c=1, hot): each starts when the last closes."""
     loop = asyncio.get_running_loop()
-    done = [0]
     finished = loop.create_future()
+    done = 0
 
-    def one() -> None:
-        transport = _FakeTransport(loop, done)
-        session = make_protocol()
-        transport.protocol = session
-        session.connection_made(transport)
-        session.data_received(block)
-
-    def next_call(_: Any = None) -> None:
-        # one call at a time, the next one started when the previous closed (c=1, hot)
-        if done[0] >= calls:
+    def next_call() -> None:
+        nonlocal done
+        if done >= calls:
             if not finished.done():
                 finished.set_result(None)
             return
-        one()
+        done += 1
+        transport = _FakeTransport(loop, lambda: loop.call_soon(next_call))
+        protocol = make_protocol()
+        transport.protocol = protocol
+        protocol.connection_made(transport)
+        protocol.data_received(block)
 
-    original_close = _FakeTransport.close
-
-    def close(self: _FakeTransport) -> None:
-        was_closing = self.closing
-        original_close(self)
-        if not was_closing:
-            loop.call_soon(next_call)
-
-    _FakeTransport.close = close  # type: ignore[method-assign]
-    try:
-        start = time.process_time()
-        next_call()
-        await finished
-        return time.process_time() - start
-    finally:
-        _FakeTransport.close = original_close  # type: ignore[method-assign]
+    start = time.process_time()
+    next_call()
+    await finished
+    return time.process_time() - start
 
 
 async def measure(calls: int, repeats: int, profile: bool, floor: bool) -> list[float]:

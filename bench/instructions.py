@@ -16,6 +16,7 @@ share is the same for all of them (the same system calls; docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -53,8 +54,6 @@ async def instructions(world: Any, opts: Any, log: Any) -> list[Row]:
             raise RuntimeError("no command lines captured for the floor")
         per_call, calls, lines = await _count(world.tmp, label, argv, env, opts.duration * 2)
         if label == "agi-xmpp (uvloop)":
-            import json
-
             lines_file.write_text(json.dumps([line.decode() for line in lines]))
         counts[label] = (per_call, calls)
         log(f"  {label:<26} {per_call:>10,.0f} instructions/call ({calls} calls)")
