@@ -101,7 +101,7 @@ async def xmpp_client(
     async def connect(jid: str, password: str, *, server: LocalProsody | None = None,
                       show: str | None = None, status: str | None = None,
                       priority: int | None = None, presence: bool = True,
-                      timeout: float = 10.0, **kwargs: Any) -> XmppTestClient:
+                      timeout: float = 30.0, **kwargs: Any) -> XmppTestClient:
         client = XmppTestClient.for_prosody(server or prosody, jid, password, **kwargs)
         clients.append(client)
         await client.connect(timeout, presence=presence, show=show, status=status,

@@ -116,7 +116,7 @@ class ServiceProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    async def start(self, *, wait_online: bool = True, timeout: float = 30.0) -> None:
+    async def start(self, *, wait_online: bool = True, timeout: float = 60.0) -> None:
         """Start the service; wait for ``/health`` to answer 200 (or any answer, without
         ``wait_online``: the XMPP server may be down on purpose)."""
         if self.running:
@@ -138,7 +138,7 @@ class ServiceProcess:
         """SIGKILL, as in a crash or the OOM killer: no shutdown code runs."""
         self._signal_and_reap(signal.SIGKILL, 10.0)
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM (what systemd sends) and wait for a clean exit; returns the exit status."""
         return self._signal_and_reap(signal.SIGTERM, timeout)
 
@@ -183,7 +183,7 @@ class ServiceProcess:
         except (TimeoutError, aiohttp.ClientError, ConnectionError):
             return None
 
-    async def wait_health(self, status: int | None = 200, timeout: float = 30.0) -> float:
+    async def wait_health(self, status: int | None = 200, timeout: float = 60.0) -> float:
         """Poll ``/health`` until it answers (with ``status`` if given); returns seconds waited."""
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
@@ -382,16 +381,17 @@ def test_resources_per_contact_are_bounded(clock: FakeClock) -> None:
     assert cache.stats(ACCOUNT).resources == 2
 
 
-def test_updates_and_lookups_are_fast(clock: FakeClock) -> None:
-    """10,000 updates with interleaved lookups take well under a second (benchmark headroom)."""
+def test_many_updates_with_interleaved_lookups_stay_consistent(clock: FakeClock) -> None:
+    """10,000 updates with interleaved lookups leave exactly the last-announced resources
+    available (their speed is measured by make bench's presence_ingest, not asserted here)."""
     cache = PresenceCache(clock=clock)
     contacts = [f"user{n}@example.com" for n in range(1000)]
     cache.set_roster(ACCOUNT, contacts)
     jids = [parse_jid(f"{c}/r{n % 3}") for n, c in enumerate(contacts * 10)]
     bares = [parse_jid(c) for c in contacts]
     shows = [None, "away", "chat", "dnd", "xa"]
-    start = time.perf_counter()
     for n, jid in enumerate(jids):
         cache.update(ACCOUNT, jid, available=n % 7 != 0, show=shows[n % 5], priority=n % 4, status="s")
         cache.status(ACCOUNT, bares[n % 1000])
-    assert time.perf_counter() - start < 1.0
+    last_available = {str(jid): n % 7 != 0 for n, jid in enumerate(jids)}
+    assert cache.stats(ACCOUNT).resources == sum(last_available.values())

@@ -18,6 +18,9 @@ from agi_xmpp.local_prosody import LocalProsody
 
 
 LOOPBACK = "127.0.0.1"
+#: The least time a wait for something that must arrive is given. It only bounds a hang: on a
+#: busy 2-core machine a healthy server can take seconds, and tests assert behaviour, not speed.
+PATIENCE = 30.0
 SHOWS = ("chat", "away", "xa", "dnd")
 
 
@@ -273,7 +276,7 @@ class XmppTestClient:
         approves and subscribes back, which this client approves too: mutual subscription."""
         self._client().send_presence_subscription(pto=jid, ptype="subscribe")
 
-    async def befriend(self, other: XmppTestClient, timeout: float = 5.0) -> None:
+    async def befriend(self, other: XmppTestClient, timeout: float = PATIENCE) -> None:
         """Mutual presence subscription with another connected test client."""
         self.subscribe(other.bare_jid)
         await self.next_presence(timeout, sender=other.bare_jid, type="subscribed")
@@ -330,30 +333,35 @@ class XmppTestClient:
             except asyncio.TimeoutError:
                 pass
 
-    async def next_message(self, timeout: float = 5.0, *, sender: str | None = None,
+    async def next_message(self, timeout: float = PATIENCE, *, sender: str | None = None,
                            mtype: str | None = None) -> ReceivedMessage:
         """The oldest unclaimed message with a body (from ``sender``: a bare JID matches any
-        resource, a full JID that resource), waiting up to ``timeout`` seconds for one.
-        Raises ``asyncio.TimeoutError`` (listing what did arrive)."""
+        resource, a full JID that resource), waiting up to ``timeout`` seconds for one, but
+        never less than ``PATIENCE``. Raises ``asyncio.TimeoutError`` (listing what did arrive)."""
         return await self._take(
-            self.messages,
-            lambda m: _jid_matches(sender, m.sender) and (mtype is None or m.type == mtype),
-            timeout, f"message from {sender or 'anyone'}",
+            self.messages, self._message_filter(sender, mtype),
+            max(timeout, PATIENCE), f"message from {sender or 'anyone'}",
         )
 
-    async def next_presence(self, timeout: float = 5.0, *, sender: str | None = None,
+    @staticmethod
+    def _message_filter(sender: str | None, mtype: str | None) -> Callable[[Any], bool]:
+        return lambda m: _jid_matches(sender, m.sender) and (mtype is None or m.type == mtype)
+
+    async def next_presence(self, timeout: float = PATIENCE, *, sender: str | None = None,
                             type: str | None = None) -> ReceivedPresence:  # noqa: A002
-        """The oldest unclaimed presence (optionally from ``sender`` / of ``type``)."""
+        """The oldest unclaimed presence (optionally from ``sender`` / of ``type``), waiting
+        up to ``timeout`` seconds but never less than ``PATIENCE``."""
         return await self._take(
             self.presences,
             lambda p: _jid_matches(sender, p.sender) and (type is None or p.type == type),
-            timeout, f"presence from {sender or 'anyone'}",
+            max(timeout, PATIENCE), f"presence from {sender or 'anyone'}",
         )
 
     async def no_message(self, within: float = 0.5, *, sender: str | None = None) -> None:
         """Assert that no message (from ``sender``) arrives within ``within`` seconds."""
         try:
-            msg = await self.next_message(within, sender=sender)
+            msg = await self._take(self.messages, self._message_filter(sender, None), within,
+                                   f"message from {sender or 'anyone'}")
         except asyncio.TimeoutError:
             return
         raise AssertionError(f"{self.jid}: unexpected message {msg!r}")
@@ -361,7 +369,7 @@ class XmppTestClient:
     # -- group chat -------------------------------------------------------------------------
 
     async def join_room(self, room: str, nick: str | None = None,
-                        timeout: float = 10.0) -> None:
+                        timeout: float = PATIENCE) -> None:
         """Join ``room`` (``name@conference.domain``; created if new) and wait for the join."""
         nick = nick or self.bare_jid.split("@", 1)[0]
         await self._client().plugin["xep_0045"].join_muc_wait(

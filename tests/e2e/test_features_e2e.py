@@ -81,7 +81,7 @@ async def set_presences(svc, presences: dict[str, str]) -> None:
     loop = asyncio.get_running_loop()
     for ext, show in presences.items():
         jid = parse_jid(svc.users[ext])
-        deadline = loop.time() + 10
+        deadline = loop.time() + 60  # bounds a hang only: a busy machine is slow
         while True:
             svc.clients[ext].send_presence(show=show)
             try:

@@ -228,7 +228,7 @@ async def test_hangup_ends_the_wait_and_keeps_the_message(svc, xmpp_accounts, xm
     """A HANGUP while waiting ends the call at once with HANGUP; later messages stay buffered."""
     bob_jid, bob_pw = xmpp_accounts("bob")
     bob = await xmpp_client(bob_jid, bob_pw)
-    result = await svc.call("jabber_receive", "asterisk", bob_jid, "30", hangup_after=0.3, timeout=5)
+    result = await svc.call("jabber_receive", "asterisk", bob_jid, "30", hangup_after=0.3, timeout=20)
     assert result.variables["JABBER_RECEIVE_STATUS"] == "HANGUP"
     assert result.closed_by_server
     bob.send_message(svc.jid, "after the hangup")

@@ -292,8 +292,8 @@ async def test_queued_group_message_is_sent_after_the_room_is_rejoined(private_s
             for m in seen
         )
 
-    await eventually(lambda: echoed(room, "PBX", "while you were out"), timeout=15, what="the room's echo")
-    await eventually(lambda: echoed(other, "asterisk", "to the other room"), timeout=15, what="the echo")
+    await eventually(lambda: echoed(room, "PBX", "while you were out"), timeout=60, what="the room's echo")
+    await eventually(lambda: echoed(other, "asterisk", "to the other room"), timeout=60, what="the echo")
     assert session(svc).joined_rooms() == {room: "PBX", other: "asterisk"}
     await eventually(lambda: svc.pool.counters.retransmitted == 2)
 

@@ -258,13 +258,11 @@ def test_context_manager_starts_and_stops(tmp_path: Path) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
 
 
-def test_start_timing_is_reasonable(tmp_path: Path) -> None:
-    """Start-up to serving c2s takes well under the 10 s limit (about 0.1 s here)."""
-    server = LocalProsody(tmp_path)
-    began = time.monotonic()
-    with server:
-        elapsed = time.monotonic() - began
-    assert elapsed < 5
+def test_start_returns_once_c2s_accepts_connections(tmp_path: Path) -> None:
+    """start() returns only when the c2s port accepts connections (how long it takes is for
+    make bench, not a test)."""
+    with LocalProsody(tmp_path) as server:
+        socket.create_connection(("127.0.0.1", server.c2s_port), timeout=30).close()
 
 
 async def test_ensure_demo_is_idempotent_and_usable(tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ async def show(svc, client, presence: str) -> None:
     Re-sent every second: right after a subscription, slixmpp's auto-authorisation sends the
     client's *initial* presence again, which may overtake the one we set."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
+    deadline = loop.time() + 60  # bounds a hang only: a busy machine is slow
     while True:
         client.send_presence(show=presence)
         try:

@@ -73,7 +73,7 @@ async def test_presence_dropped_when_session_ends_and_restored_after(private_pro
         await svc.wait_online(30)
         bob2 = await xmpp_client(bob_jid, "pw-b", server=server, resource="again")
         bob2.send_presence(show="chat")
-        await eventually(lambda: code_of(svc, bob_jid) == 2, 20, what="presence after the restart")
+        await eventually(lambda: code_of(svc, bob_jid) == 2, 60, what="presence after the restart")
 
 
 async def test_resumed_stream_keeps_presence(prosody, xmpp_accounts, xmpp_client, tmp_path):
@@ -88,7 +88,7 @@ async def test_resumed_stream_keeps_presence(prosody, xmpp_accounts, xmpp_client
         session = svc.pool.session("asterisk")
         reconnects = session.reconnects
         session._client.transport.abort()  # the network drops under us; the server keeps the session
-        await eventually(lambda: session.reconnects > reconnects and session.online, 20, what="a resumed session")
+        await eventually(lambda: session.reconnects > reconnects and session.online, 60, what="a resumed session")
         assert code_of(svc, bob_jid) == 1
 
 
