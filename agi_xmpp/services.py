@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import signal
 import time
@@ -18,10 +19,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from .archive_quota import ArchiveQuota
 from .config import Config
 from .conn_limits import plan_budgets, raise_nofile_limit
-from .state_files import ensure_private_dir
+from .inbox import GROUPCHAT, InboundMessage
 from .presence import PresenceCache
+from .state_files import ensure_private_dir
 from .storage import AsyncStorage, Storage
 from .xmpp_pool import XmppPool
 
@@ -48,6 +51,7 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
     async_storage = AsyncStorage(storage)
     presence = PresenceCache()
     pool = XmppPool(config, async_storage, presence)
+    _apply_sender_quotas(pool, presence)
     await pool.start()
     for warning in config.warnings:
         log.warning("config_warning", detail=warning)
@@ -101,6 +105,22 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             await agi.close()
 
 
+def _apply_sender_quotas(pool: XmppPool, presence: PresenceCache) -> None:
+    """Strangers get tighter buffer and archive quotas than roster contacts and joined rooms
+    (inbox.py, archive_quota.py): a stranger's flood cannot evict a contact's reply."""
+    pool.archive_quota = ArchiveQuota()
+    for name, inbox in pool.inboxes.items():
+        inbox.is_trusted = functools.partial(_is_trusted, pool, presence, name)
+
+
+def _is_trusted(pool: XmppPool, presence: PresenceCache, account: str, message: InboundMessage) -> bool:
+    if message.kind == GROUPCHAT:
+        session = pool.sessions.get(account)
+        return session is not None and message.sender.bare in session.joined_rooms()
+    return presence.status(account, message.sender.bare_jid()).code != NOT_IN_ROSTER
+
+
+NOT_IN_ROSTER = 7  # jabber_status's code for a sender outside the roster (SPEC §2.2)
 ARCHIVE_PURGE_INTERVAL = 3600.0  # seconds between archive retention passes
 
 
