@@ -394,3 +394,22 @@ async def test_aiohttp_busy_flag_still_means_busy(api):
         assert original is api.http.runner.app.router
     finally:
         writer.close()
+
+
+async def test_metrics_show_sender_quota_evictions(api):
+    """/metrics reports inbox evictions per sender class and archive quota skips."""
+    from agi_xmpp.archive_quota import ArchiveQuota
+    from agi_xmpp.inbox import InboundMessage, Inbox
+    from agi_xmpp.jid import parse_jid
+
+    inbox = Inbox(ttl=60, is_trusted=lambda m: False)
+    for n in range(25):
+        inbox.put(InboundMessage(parse_jid("evil@example.com/x"), "spam", "chat", str(n), 0.0))
+    api.pool.inboxes["asterisk"] = inbox
+    api.pool.archive_quota = ArchiveQuota()
+    api.pool.archive_quota.skipped["stranger"] = 7
+    status, text = await api.request("GET", "/metrics")
+    assert status == 200
+    assert 'agi_xmpp_inbox_evicted_total{account="asterisk",sender="stranger"} 5' in text
+    assert 'agi_xmpp_inbox_evicted_total{account="asterisk",sender="contact"} 0' in text
+    assert 'agi_xmpp_archive_skipped_total{sender="stranger"} 7' in text
