@@ -103,8 +103,9 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
     try:
         if isinstance(ipaddress.ip_address(host), ipaddress.IPv6Address):
             family = socket.AF_INET6
-    except ValueError:  # a host name: let asyncio resolve it as before
+    except ValueError:  # a host name (localhost): its IPv4 address if it has one
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)
         family, _, _, _, address = infos[0]
         host = address[0]
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -828,8 +828,8 @@ def ensure_demo(
     """
     server = _demo_prosody(state_dir, c2s_port, http_port, domain)
     server.workdir.mkdir(parents=True, exist_ok=True)
-    # Private whatever the umask: the demo's passwords and Prosody's account files live here.
-    os.chmod(state_dir, 0o700)
+    # Private whatever the umask: the demo's passwords and Prosody's account files live here
+    # (the state directory itself is made 0700 by the service, state_files.ensure_private_dir).
     os.chmod(server.workdir, 0o700)
     if server.adopt_running():
         current = server.config_path.read_bytes() if server.config_path.exists() else b""

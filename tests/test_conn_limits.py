@@ -147,3 +147,13 @@ def test_only_the_ipv6_wildcard_is_dual_stack():
     finally:
         for sock in (wildcard, loopback6, loopback4):
             sock.close()
+
+
+def test_localhost_listens_where_agi_127_0_0_1_connects():
+    """agi_bind = localhost listens on 127.0.0.1 (not only ::1), so agi://127.0.0.1/ works."""
+    sock = listen_socket("localhost", 0, 8)
+    try:
+        with socket.create_connection(("127.0.0.1", sock.getsockname()[1]), timeout=30):
+            pass
+    finally:
+        sock.close()
