@@ -175,3 +175,33 @@ async def test_stranger_flood_leaves_a_contacts_reply(svc, xmpp_accounts, xmpp_c
     assert inbox.evicted["contact"] == 0 and inbox.evicted["stranger"] >= 1980
     assert svc.pool.archive_quota.skipped["stranger"] > 1000
     print("FIGURE stranger_flood", {"sent": 2000, "evicted": inbox.evicted, "archive_skipped": svc.pool.archive_quota.skipped})
+
+
+async def test_database_outage_writes_a_few_tracebacks(prosody, xmpp_accounts, tmp_path, monkeypatch):
+    """A database outage under 200 jabber_send calls: every call is answered, and the log gets
+    5 tracebacks (then a suppressed count), not one per call (14 MB in 10 s before)."""
+    import io
+
+    from agi_xmpp import logs
+    from agi_xmpp.errors import StorageError
+
+    monkeypatch.setattr(logs, "_limiter", logs.RateLimiter())
+    stream = io.StringIO()
+    logs.configure("info", "json", stream=stream)
+    jid, password = xmpp_accounts("asterisk")
+    bob_jid, _ = xmpp_accounts("bob")
+    try:
+        async with running_harness(service_config(prosody, jid, password, tmp_path)) as svc:
+            async def database_down(*_args, **_kwargs):
+                raise StorageError("outbox_add: (OperationalError) server closed the connection unexpectedly")
+
+            monkeypatch.setattr(svc.services.storage, "outbox_add", database_down)
+            statuses = [(await svc.call("jabber_send", ACCOUNT, bob_jid, f"m{n}")).variables.get("JABBER_SEND_STATUS")
+                        for n in range(200)]
+    finally:
+        logs.configure("info", "console")
+    text = stream.getvalue()
+    print("FIGURE database_outage", {"calls": 200, "log_bytes": len(text), "tracebacks": text.count("Traceback")})
+    assert statuses == ["FAILURE"] * 200
+    assert 1 <= text.count("Traceback") <= 5
+    assert len(text) < 100_000
