@@ -44,6 +44,7 @@ SERVICES = web.AppKey("services", Services)
 TOKENS = web.AppKey("tokens", tuple)  # sha256 digests of the accepted tokens
 HOSTS = web.AppKey("hosts", tuple)  # http_hosts entries: (name, port or None)
 BUDGET = web.AppKey("budget", ConnectionBudget)
+AGI_BUDGET = web.AppKey("agi_budget", ConnectionBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -333,14 +334,15 @@ async def metrics(request: web.Request) -> web.Response:
     lines += ["# TYPE agi_xmpp_outbox_rows gauge"]
     for (account, state), count in sorted((await services.storage.outbox_counts()).items()):
         lines.append(f'agi_xmpp_outbox_rows{{account="{account}",state="{state}"}} {count}')
-    budget = request.app.get(BUDGET)
-    if budget is not None:
+    budgets = [b for b in (request.app.get(AGI_BUDGET), request.app.get(BUDGET)) if b is not None]
+    if budgets:
         lines += [
             "# HELP agi_xmpp_connection_budget_actions_total Connections closed or refused because a budget was full.",
             "# TYPE agi_xmpp_connection_budget_actions_total counter",
-            f'agi_xmpp_connection_budget_actions_total{{listener="http",action="evicted"}} {budget.evicted}',
-            f'agi_xmpp_connection_budget_actions_total{{listener="http",action="refused"}} {budget.refused_count}',
         ]
+        for budget in budgets:
+            for action, count in (("evicted", budget.evicted), ("refused", budget.refused_count)):
+                lines.append(f'agi_xmpp_connection_budget_actions_total{{listener="{budget.listener}",action="{action}"}} {count}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 
@@ -471,11 +473,16 @@ class HttpService:
         await self.runner.cleanup()
 
 
-async def start_http(services: Services, *, max_connections: int | None = None) -> HttpService:
-    """Serve the API on ``http_bind``; creates the token file on first start."""
+async def start_http(
+    services: Services, *, max_connections: int | None = None, agi_budget: ConnectionBudget | None = None
+) -> HttpService:
+    """Serve the API on ``http_bind``; creates the token file on first start. ``agi_budget``
+    (the FastAGI listener's) is shown in ``/metrics`` beside HTTP's own."""
     general = services.config.general
     token = ensure_token(general.state_dir)
     app = make_app(services, tokens=[token])
+    if agi_budget is not None:
+        app[AGI_BUDGET] = agi_budget
     limit = max_connections or getattr(general, "http_max_connections", 256)
     budget = app[BUDGET] = ConnectionBudget("http", limit)
     # Our own listener instead of a TCPSite: the budget wraps the protocol factory, and [::]

@@ -91,7 +91,7 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         agi = AgiServer(registry, services, bind=general.agi_bind, allow=general.agi_allow,
                         max_connections=budgets.agi)
         await agi.start()
-        http = await start_http(services, max_connections=budgets.http)
+        http = await start_http(services, max_connections=budgets.http, agi_budget=agi.budget)
         log.info("agi_xmpp_ready", agi=_addr(general.agi_bind), http=_addr(general.http_bind))
         # Startup built a large heap (slixmpp, SQLAlchemy, aiohttp, config) that lives until
         # exit: move it out of the cyclic GC's reach, or every full collection walks all of it

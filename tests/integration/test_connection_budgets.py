@@ -111,6 +111,7 @@ async def test_idle_fastagi_and_http_connections_leave_calls_working(prosody, xm
     assert health is not None and health[0] == 200
     assert sent == (200, {"status": "SUCCESS"})
     assert 'agi_xmpp_connection_budget_actions_total{listener="http",action="evicted"}' in metrics
+    assert 'agi_xmpp_connection_budget_actions_total{listener="agi",action="evicted"}' in metrics
     assert peak < NOFILE
     assert "Too many open files" not in log
     assert 1 <= budget_lines <= 12  # rate limited: 5 a minute (logs.RateLimiter), not one per connection
