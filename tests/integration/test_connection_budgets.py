@@ -106,7 +106,8 @@ async def test_idle_fastagi_and_http_connections_leave_calls_working(prosody, xm
         "nofile": NOFILE, "agi_budget": budgets["agi_budget"], "http_budget": budgets["http_budget"],
         "idle_agi_held": ATTACKERS, "idle_http_held": ATTACKERS, "connections_opened": len(held),
         "calls": CALLS, "calls_ok": sum(1 for s in statuses if s in ("SUCCESS", "")),
-        "peak_fds": peak, "budget_log_lines": budget_lines}))
+        "peak_fds": peak, "budget_log_lines": budget_lines,
+        "budget_actions": [line.rsplit(" ", 1)[1] for line in metrics.splitlines() if line.startswith("agi_xmpp_connection_budget_actions_total")]}))
     assert statuses == ["" if n % 2 else "SUCCESS" for n in range(CALLS)]
     assert health is not None and health[0] == 200
     assert sent == (200, {"status": "SUCCESS"})
