@@ -418,14 +418,11 @@ def make_app(
     return app
 
 
-class _Refused:
+class _Refused(asyncio.Protocol):
     """The protocol of a connection over budget: closed as soon as it is made."""
 
-    def connection_made(self, transport: object) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.abort()  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: object) -> None:
-        pass
 
 
 def budgeted(server: Callable[[], object], connections: Callable[[], list], budget: ConnectionBudget) -> Callable[[], object]:

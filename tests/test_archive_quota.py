@@ -54,3 +54,33 @@ def test_sender_table_is_bounded():
     for n in range(10_000):
         quota.admit("a", f"s{n}@x", 10, True)
     assert len(quota._senders) <= 100
+
+
+async def test_retention_task_purges_and_survives_a_database_error(monkeypatch):
+    """The hourly retention pass deletes what is older than archive_retention days, and a
+    failing pass does not stop the next one; 0 days never purges."""
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from agi_xmpp import services
+    from agi_xmpp.errors import StorageError
+
+    cutoffs = []
+
+    class Storage:
+        async def archive_purge(self, before):
+            cutoffs.append(before)
+            if len(cutoffs) == 1:
+                raise StorageError("database is down")
+            return 3
+
+    monkeypatch.setattr(services, "ARCHIVE_PURGE_INTERVAL", 0.01)
+    task = asyncio.create_task(services._archive_retention(Storage(), 30))
+    async with asyncio.timeout(30):
+        while len(cutoffs) < 3:
+            await asyncio.sleep(0.01)
+    task.cancel()
+    expected = datetime.now(UTC) - timedelta(days=30)
+    assert all(abs((c - expected).total_seconds()) < 60 for c in cutoffs)
+    await services._archive_retention(Storage(), 0)  # returns at once
+    assert len(cutoffs) >= 3
