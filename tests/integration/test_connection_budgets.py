@@ -15,7 +15,6 @@ import os
 import resource
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import pytest
 from service_process import SERVICE_BIN, ServiceProcess
