@@ -29,12 +29,14 @@ run: system-deps $(STAMP)
 	$(BIN)/agi-xmpp --config $(CONFIG) serve
 
 test: system-deps $(STAMP) databases lab
+	@tools/install-system-deps.sh --browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest --ignore=tests/integration --ignore=tests/e2e $(PYTEST_ARGS)
 
 test-integration: system-deps $(STAMP)
+	@tools/install-system-deps.sh --browser
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: system-deps $(STAMP) lab

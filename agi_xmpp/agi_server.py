@@ -45,6 +45,7 @@ from agi_xmpp.agi_protocol import (
     State,
     check_variable_name,
 )
+from agi_xmpp.conn_limits import ConnectionBudget, listen_socket
 from agi_xmpp.errors import ChannelGone, ProtocolError, RemoteProtocolError
 from agi_xmpp.values import decode_b64_value
 
@@ -332,6 +333,12 @@ class _Session(asyncio.Protocol):
             server.log.warning("agi_peer_refused", peer=_peer_text(peer))
             self.ended = True
             # Best effort, so a misconfigured Asterisk shows AGISTATUS=FAILURE, not SUCCESS.
+            transport.write(FAILURE_LINE)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        if server.budget.full(len(server.sessions)) and not server.evict_silent():
+            server.budget.refused()  # conn_limits: the FastAGI connection budget
+            self.ended = True
             transport.write(FAILURE_LINE)  # type: ignore[attr-defined]
             transport.close()
             return
@@ -666,6 +673,7 @@ class AgiServer:
         max_env_bytes: int = 65536,
         hangup_grace: float = 2.0,
         close_timeout: float = 5.0,
+        max_connections: int = 4096,
     ) -> None:
         if env_timeout <= 0 or hangup_grace < 0 or close_timeout < 0:
             raise ValueError("env_timeout must be positive, hangup_grace and close_timeout >= 0")
@@ -680,6 +688,7 @@ class AgiServer:
         self.hangup_grace = hangup_grace
         self.close_timeout = close_timeout
         self.sessions: set[_Session] = set()  # connection open or script running
+        self.budget = ConnectionBudget("agi", max_connections)
         self.stats: Counter[str] = Counter()
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         # Bound once in start(), when logging is configured: structlog's lazy proxy would
@@ -708,9 +717,8 @@ class AgiServer:
         is_enabled_for = getattr(self.log, "is_enabled_for", None)
         self.debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
         host, port = self.bind
-        self._server = await self.loop.create_server(
-            lambda: _Session(self), host, port, reuse_address=True, backlog=LISTEN_BACKLOG
-        )
+        sock = listen_socket(host, port, LISTEN_BACKLOG)  # [::] is dual-stack (conn_limits)
+        self._server = await self.loop.create_server(lambda: _Session(self), sock=sock)
         self.log.info("agi_server_listening", host=self.address[0], port=self.address[1])
 
     async def close(self) -> None:
@@ -768,6 +776,20 @@ class AgiServer:
             self._env_sweep = self.loop.call_at(max(deadlines[0][0], now + step), self._sweep_env)
         else:
             self._env_sweep = None
+
+    def evict_silent(self) -> bool:
+        """Close the oldest connection still waiting for its environment block (the budget is
+        full); False when there is none. Asterisk sends the block at once, so this is the
+        connection least likely to be a call."""
+        deadlines = self._env_deadlines
+        while deadlines:
+            session = deadlines.popleft()[1][0]
+            if session is not None:
+                session.close()
+                session.forget()
+                self.budget.made_room()
+                return True
+        return False
 
     def allowed(self, peer: Any) -> bool:
         """Whether a peer address (as ``getpeername()`` gives it) is on the allowlist."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from . import logs
 from .config import Config, load_config, make_directory_entry, parse_xmpp_conf, render_accounts
 from .errors import AgiXmppError, ConfigError
+from .state_files import read_token
 
 DEFAULT_CONFIG = "/etc/asterisk/agi_xmpp.conf"
 
@@ -183,12 +184,19 @@ def _api(config: Config, method: str, path: str, payload: object | None = None) 
     url = f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
     data = None if payload is None else json.dumps(payload).encode()
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    if config.general.http_token:
-        request.add_header("Authorization", f"Bearer {config.general.http_token}")
+    # The token the service wrote at start (0600 in state_dir), or the configured one.
+    token_problem: AgiXmppError | None = None
+    try:
+        token = config.general.http_token or read_token(config.general.state_dir)
+        request.add_header("Authorization", f"Bearer {token}")
+    except AgiXmppError as exc:
+        token_problem = exc  # reported if the service answers 401 (it may just be down)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
+        if exc.code == 401 and token_problem is not None:
+            raise token_problem from None
         detail = exc.read().decode(errors="replace")
         try:
             detail = json.loads(detail).get("error", detail)

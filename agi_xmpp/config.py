@@ -75,6 +75,10 @@ class GeneralConfig:
     xmpp_conf: str | None = None
     keepalive_interval: int = 60  # seconds between pings to each account's server
     reconnect_max_delay: int = 60  # cap of the reconnect back-off, seconds
+    http_hosts: tuple[str, ...] = ()  # extra names accepted in the HTTP Host header
+    agi_max_connections: int = 4096  # FastAGI connection budget (conn_limits)
+    http_max_connections: int = 256  # HTTP connection budget
+    archive_retention: int = 90  # days the message archive keeps a message; 0 = forever
 
     def __post_init__(self) -> None:
         if not self.database:
@@ -421,7 +425,8 @@ def _parse_database(text: str) -> str:
 _GENERAL_KEYS = frozenset(
     "agi_bind agi_allow http_bind http_token database state_dir log_format log_level "
     "default_account max_receive_timeout outbox_ttl max_message_bytes xmpp_conf "
-    "keepalive_interval reconnect_max_delay".split()
+    "keepalive_interval reconnect_max_delay http_hosts agi_max_connections http_max_connections "
+    "archive_retention".split()
 )
 _AMI_KEYS = frozenset(
     "host port username secret originate_context presence_to_hints voicemail_spool "
@@ -471,8 +476,24 @@ def _build_general(section: Section, base_dir: str) -> tuple[GeneralConfig, _Val
         xmpp_conf=v.path("xmpp_conf", None, base_dir),
         keepalive_interval=v.integer("keepalive_interval", 60, 1, 3600),
         reconnect_max_delay=v.integer("reconnect_max_delay", 60, 1, 3600),
+        http_hosts=v.converted("http_hosts", (), _parse_hosts, optional=True),
+        agi_max_connections=v.integer("agi_max_connections", 4096, 8, 1_000_000),
+        http_max_connections=v.integer("http_max_connections", 256, 8, 100_000),
+        archive_retention=v.integer("archive_retention", 90, 0, 36500),
     )
     return general, v
+
+
+def _parse_hosts(text: str) -> tuple[str, ...]:
+    """``http_hosts``: host names, optionally ``name:port``, comma-separated."""
+    hosts = []
+    for item in (part.strip().lower() for part in text.split(",")):
+        if not item:
+            continue
+        if not re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9_.\-]+)(:[0-9]{1,5})?", item):
+            raise ValueError(f"not a host name or host:port: {item!r}")
+        hosts.append(item)
+    return tuple(hosts)
 
 
 def _build_ami(section: Section, base_dir: str) -> AmiConfig:

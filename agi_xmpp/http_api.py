@@ -1,58 +1,226 @@
-"""HTTP API (aiohttp): health, metrics, presence, messages, directory, connections.
+"""HTTP API (aiohttp): health, metrics, presence, messages, directory, connections, the board.
 
-Loopback callers are trusted, as the FastAGI port is. Any other caller must send
-``Authorization: Bearer <http_token>``; without a configured token they are refused, so binding
-the API to a public address never exposes it by accident.
+Who may ask what (docs/security.md has the whole threat model):
+
+- Every request must name us in ``Host`` (our own address, ``localhost`` on loopback, or a name
+  in ``http_hosts``): a DNS-rebinding page reaches us under its own name, and is refused (421).
+- A browser request from a page of another origin is refused (403): its ``Origin`` is not ours,
+  or ``Sec-Fetch-Site`` says ``cross-site``/``same-site``. Only top-level ``GET`` navigations
+  (a link to the board) are let through.
+- Every request that changes something or reads chat text or the directory carries the bearer
+  token (``Authorization: Bearer <token>``, scheme case-insensitive, RFC 7235 §2.1), compared in
+  constant time. The token is ``state_dir/http-token`` (0600, created at first start; the CLI
+  reads it) or ``http_token`` from the configuration. A caller not on loopback needs it for
+  every request. Loopback callers need none for the board (``/``, ``/api/board``: extension and
+  availability only), ``/health`` and ``/metrics``.
+- A request body must be ``application/json`` (415 otherwise: an HTML form or a "simple"
+  cross-origin ``fetch`` cannot send that type without a CORS preflight, which we never grant);
+  malformed JSON is 400.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
-from importlib import resources
 import ipaddress
-
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from importlib import resources
 
 import structlog
 from aiohttp import web
 
 from .config import make_directory_entry
-from .errors import DirectoryError, ScriptError
+from .conn_limits import ConnectionBudget, listen_socket
+from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
 from .services import Services
+from .state_files import ensure_token
 
 log = structlog.get_logger(__name__)
 
 SERVICES = web.AppKey("services", Services)
+TOKENS = web.AppKey("tokens", tuple)  # sha256 digests of the accepted tokens
+HOSTS = web.AppKey("hosts", tuple)  # http_hosts entries: (name, port or None)
+BUDGET = web.AppKey("budget", ConnectionBudget)
+AGI_BUDGET = web.AppKey("agi_budget", ConnectionBudget)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Idle keep-alive connections are closed after this many seconds (aiohttp's default is an hour);
+# the board polls every 2 s, so it keeps its connection.
+KEEPALIVE_TIMEOUT = 5.0
+# What a loopback caller may read without the token: nothing that holds chat text or JIDs.
+PUBLIC_PATHS = frozenset({"/", "/api/board", "/health", "/metrics"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
+class BadRequest(Exception):
+    """A request we answer with 400 and this text."""
+
+
+def _error(status: int, text: str, **headers: str) -> web.Response:
+    return web.json_response({"error": text}, status=status, headers=headers or None)
 
 
 def _is_loopback(peer: str | None) -> bool:
     if not peer:
         return False
     try:
-        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(peer.split("%")[0])
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _split_host(value: str) -> tuple[str, int | None] | None:
+    """``Host`` header → (lower-case host without brackets, port or None); None if malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = value.partition(":")
+        if ":" in port_text:
+            return None
+    if not host:
+        return None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        return host.rstrip("."), int(port_text)
+    return host.rstrip("."), None
+
+
+def _host_ok(request: web.Request) -> bool:
+    """Whether ``Host`` names this service (see the module docstring)."""
+    header = request.headers.get("Host")
+    parsed = _split_host(header) if header else None
+    if parsed is None:
+        return False
+    host, port = parsed
+    for name, wanted_port in request.app[HOSTS]:
+        if host == name and (wanted_port is None or wanted_port == (port or 80)):
+            return True
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return False
+    local_host, local_port = sockname[0], sockname[1]
+    if (port or 80) != local_port:
+        return False
+    try:
+        local = ipaddress.ip_address(local_host.split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped is not None:
+        local = local.ipv4_mapped  # a dual-stack listener reached over IPv4
+    if host == "localhost":
+        return local.is_loopback
+    try:
+        named = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # any other name: configure it in http_hosts
+    return named == local
+
+
+def _cross_origin(request: web.Request) -> bool:
+    """A browser request made by a page of another origin (or an opaque one)."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        host = request.headers.get("Host", "").strip().lower()
+        if origin.strip().lower() not in (f"http://{host}", f"https://{host}"):
+            return True
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        # A top-level GET navigation (a link to the board) only shows the user a page.
+        navigating = request.headers.get("Sec-Fetch-Mode", "").lower() == "navigate"
+        return not (navigating and request.method in ("GET", "HEAD"))
+    return False
+
+
+def _token_ok(request: web.Request) -> bool:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":  # RFC 7235 §2.1: the scheme is case-insensitive
+        return False
+    given = hashlib.sha256(credentials.strip().encode()).digest()
+    ok = False
+    for digest in request.app[TOKENS]:
+        ok |= hmac.compare_digest(given, digest)  # no early exit: constant time
+    return ok
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Token check for non-loopback callers, and one JSON shape for every error."""
-    services = request.app[SERVICES]
-    if not _is_loopback(request.remote):
-        token = services.config.general.http_token
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            log.warning("http_refused", peer=request.remote, path=request.path)
-            return web.json_response({"error": "forbidden"}, status=403)
+    """Host, Origin, token and content-type checks; one JSON shape for every error."""
+    response = await _guarded(request, handler)
+    response.headers.update(_SECURITY_HEADERS)
+    return response
+
+
+async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _host_ok(request):
+        log.warning("http_refused", reason="host", peer=request.remote, path=request.path)
+        return _error(421, "unknown Host: use the service's address or a name in http_hosts")
+    if _cross_origin(request):
+        log.warning("http_refused", reason="cross_origin", peer=request.remote, path=request.path)
+        return _error(403, "cross-origin request refused")
+    public = request.path in PUBLIC_PATHS and request.method in SAFE_METHODS
+    if not (public and _is_loopback(request.remote)) and not _token_ok(request):
+        log.warning("http_refused", reason="token", peer=request.remote, path=request.path)
+        return _error(401, "unauthorized: send Authorization: Bearer <token> (see docs/security.md)",
+                      **{"WWW-Authenticate": 'Bearer realm="agi-xmpp"'})
+    if request.method not in SAFE_METHODS and (request.method == "POST" or request.body_exists):
+        if request.content_type != "application/json":
+            return _error(415, "request bodies must be application/json")
     try:
         return await handler(request)
     except web.HTTPException:
         raise
-    except (ScriptError, DirectoryError, ValueError, KeyError) as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    except (ScriptError, DirectoryError) as exc:
+        return _error(400, str(exc))
+    except StorageError as exc:
+        log.error("http_storage_failed", path=request.path, error=str(exc))
+        return _error(503, "database unavailable")
+    except Exception:
+        log.exception("http_request_failed", path=request.path)
+        return _error(500, "internal error")
+
+
+async def _json_object(request: web.Request) -> dict[str, object]:
+    """The request body as a JSON object; ``BadRequest`` for anything else."""
+    raw = await request.read()
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def _text(data: dict[str, object], key: str) -> str:
+    value = data.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str | int):
+        raise BadRequest(f"{key} must be a string")
+    return str(value)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -83,8 +251,7 @@ async def buddies(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
-async def presence(request: web.Request) -> web.Response:
-    """Status of every directory entry, as the dialplan would read it."""
+async def _presence_rows(request: web.Request) -> tuple[str, list[dict[str, object]]]:
     services = request.app[SERVICES]
     account = services.config.account(request.query.get("account", ""))
     rows = []
@@ -99,15 +266,28 @@ async def presence(request: web.Request) -> web.Response:
                 "message": answer.message,
             }
         )
-    return web.json_response({"account": account.name, "entries": rows})
+    return account.name, rows
+
+
+async def presence(request: web.Request) -> web.Response:
+    """Status of every directory entry, as the dialplan would read it (token required)."""
+    account, rows = await _presence_rows(request)
+    return web.json_response({"account": account, "entries": rows})
+
+
+async def board_data(request: web.Request) -> web.Response:
+    """What the board shows without the token: extension and availability, no JID, no text."""
+    account, rows = await _presence_rows(request)
+    entries = [{k: row[k] for k in ("extension", "code", "show")} for row in rows]
+    return web.json_response({"account": account, "entries": entries})
 
 
 async def post_message(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    data = await request.json()
-    account = services.config.account(str(data.get("account", "")))
-    to = parse_jid(str(data.get("to", "")))
-    body = str(data.get("body", ""))
+    data = await _json_object(request)
+    account = services.config.account(_text(data, "account"))
+    to = parse_jid(_text(data, "to"))
+    body = _text(data, "body")
     if not body.strip():
         raise ScriptError("empty message")
     limit = services.config.general.max_message_bytes
@@ -132,6 +312,21 @@ async def metrics(request: web.Request) -> web.Response:
     lines += ["# TYPE agi_xmpp_inbox_messages gauge"]
     for name, inbox in pool.inboxes.items():
         lines.append(f'agi_xmpp_inbox_messages{{account="{name}"}} {len(inbox)}')
+    lines += [
+        "# HELP agi_xmpp_inbox_evicted_total Buffered messages dropped to respect a quota, by sender class.",
+        "# TYPE agi_xmpp_inbox_evicted_total counter",
+    ]
+    for name, inbox in pool.inboxes.items():
+        for sender_class, count in sorted(getattr(inbox, "evicted", {}).items()):
+            lines.append(f'agi_xmpp_inbox_evicted_total{{account="{name}",sender="{sender_class}"}} {count}')
+    quota = getattr(pool, "archive_quota", None)
+    if quota is not None:
+        lines += [
+            "# HELP agi_xmpp_archive_skipped_total Incoming messages not archived (per-sender quota).",
+            "# TYPE agi_xmpp_archive_skipped_total counter",
+        ]
+        for sender_class, count in sorted(quota.skipped.items()):
+            lines.append(f'agi_xmpp_archive_skipped_total{{sender="{sender_class}"}} {count}')
     counters = pool.counters
     for field in ("sent", "queued", "acked", "retransmitted", "received", "expired"):
         lines.append(f"# TYPE agi_xmpp_messages_{field}_total counter")
@@ -139,6 +334,15 @@ async def metrics(request: web.Request) -> web.Response:
     lines += ["# TYPE agi_xmpp_outbox_rows gauge"]
     for (account, state), count in sorted((await services.storage.outbox_counts()).items()):
         lines.append(f'agi_xmpp_outbox_rows{{account="{account}",state="{state}"}} {count}')
+    budgets = [b for b in (request.app.get(AGI_BUDGET), request.app.get(BUDGET)) if b is not None]
+    if budgets:
+        lines += [
+            "# HELP agi_xmpp_connection_budget_actions_total Connections closed or refused because a budget was full.",
+            "# TYPE agi_xmpp_connection_budget_actions_total counter",
+        ]
+        for budget in budgets:
+            for action, count in (("evicted", budget.evicted), ("refused", budget.refused_count)):
+                lines.append(f'agi_xmpp_connection_budget_actions_total{{listener="{budget.listener}",action="{action}"}} {count}')
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 
@@ -148,14 +352,14 @@ async def directory_get(request: web.Request) -> web.Response:
 
 
 async def directory_post(request: web.Request) -> web.Response:
-    data = await request.json()
+    data = await _json_object(request)
     entry = make_directory_entry(
-        str(data.get("extension", "")),
-        str(data.get("jid", "")),
-        device=data.get("device") or None,
-        mailbox=data.get("mailbox") or None,
+        _text(data, "extension"),
+        _text(data, "jid"),
+        device=_text(data, "device") or None,
+        mailbox=_text(data, "mailbox") or None,
     )
-    await request.app[SERVICES].storage.directory_put(entry, replace=bool(data.get("replace")))
+    await request.app[SERVICES].storage.directory_put(entry, replace=data.get("replace") is True)
     return web.json_response(_entry_dict(entry), status=201)
 
 
@@ -171,15 +375,37 @@ def _entry_dict(entry: object) -> dict[str, object]:
 
 
 async def board(_request: web.Request) -> web.Response:
-    """The live presence board of the directory (a static page polling /api/presence)."""
+    """The live presence board of the directory (a static page polling /api/board)."""
     page = resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
-    return web.Response(text=page, content_type="text/html", charset="utf-8")
+    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
+    )
+    return response
 
 
-def make_app(services: Services) -> web.Application:
+def _parse_hosts(hosts: Iterable[str]) -> tuple[tuple[str, int | None], ...]:
+    parsed = []
+    for entry in hosts:
+        split = _split_host(entry)
+        if split is not None:
+            parsed.append(split)
+    return tuple(parsed)
+
+
+def make_app(
+    services: Services, *, tokens: Iterable[str] = (), hosts: Iterable[str] | None = None
+) -> web.Application:
+    """The application; ``tokens`` are accepted besides ``http_token`` from the configuration."""
     app = web.Application(middlewares=[guard], client_max_size=256 * 1024)
     app[SERVICES] = services
+    general = services.config.general
+    accepted = [t for t in (general.http_token, *tokens) if t]
+    app[TOKENS] = tuple(hashlib.sha256(t.encode()).digest() for t in accepted)
+    app[HOSTS] = _parse_hosts(getattr(general, "http_hosts", ()) if hosts is None else hosts)
     app.router.add_get("/", board)
+    app.router.add_get("/api/board", board_data)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/connections", connections)
@@ -192,11 +418,78 @@ def make_app(services: Services) -> web.Application:
     return app
 
 
-async def start_http(services: Services) -> web.AppRunner:
-    runner = web.AppRunner(make_app(services), access_log=None)
+class _Refused(asyncio.Protocol):
+    """The protocol of a connection over budget: closed as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def budgeted(server: Callable[[], object], connections: Callable[[], list], budget: ConnectionBudget) -> Callable[[], object]:
+    """A protocol factory that keeps at most ``budget.limit`` HTTP connections open.
+
+    When full, the oldest idle connection (no request being handled: waiting for its first or
+    next request, or still sending one) is closed to make room; if every connection is busy
+    running a request, the newcomer is refused."""
+    evicted: set[object] = set()  # closing, not yet gone (RequestHandler takes no weakref)
+
+    def factory() -> object:
+        open_now = connections()
+        if evicted:
+            evicted.intersection_update(open_now)
+        if budget.full(len(open_now)):
+            # aiohttp's RequestHandler has no public "busy" flag: _current_request is set exactly
+            # while a handler runs (tests/test_http_security.py checks this still holds).
+            idle = [h for h in open_now if h not in evicted and getattr(h, "_current_request", None) is None]
+            if not idle:
+                budget.refused()
+                return _Refused()
+            evicted.add(idle[0])
+            idle[0].force_close()  # type: ignore[attr-defined]
+            budget.made_room()
+        return server()
+
+    return factory
+
+
+class HttpService:
+    """The running API: its runner and our own listener (``cleanup()`` stops both)."""
+
+    def __init__(self, runner: web.AppRunner, listener: asyncio.AbstractServer, budget: ConnectionBudget) -> None:
+        self.runner = runner
+        self.listener = listener
+        self.budget = budget
+
+    @property
+    def address(self) -> tuple[str, int]:
+        sockname = self.listener.sockets[0].getsockname()  # type: ignore[attr-defined]
+        return sockname[0], sockname[1]
+
+    async def cleanup(self) -> None:
+        self.listener.close()  # no new connections; the runner then closes the open ones
+        await self.runner.cleanup()
+
+
+async def start_http(
+    services: Services, *, max_connections: int | None = None, agi_budget: ConnectionBudget | None = None
+) -> HttpService:
+    """Serve the API on ``http_bind``; creates the token file on first start. ``agi_budget``
+    (the FastAGI listener's) is shown in ``/metrics`` beside HTTP's own."""
+    general = services.config.general
+    token = ensure_token(general.state_dir)
+    app = make_app(services, tokens=[token])
+    if agi_budget is not None:
+        app[AGI_BUDGET] = agi_budget
+    limit = max_connections or getattr(general, "http_max_connections", 256)
+    budget = app[BUDGET] = ConnectionBudget("http", limit)
+    # Our own listener instead of a TCPSite: the budget wraps the protocol factory, and [::]
+    # is dual-stack (conn_limits.listen_socket).
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
-    host, port = services.config.general.http_bind
-    await web.TCPSite(runner, host, port).start()
-    return runner
-
-
+    server = runner.server
+    assert server is not None
+    host, port = general.http_bind
+    sock = listen_socket(host, port, 128)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(budgeted(server, lambda: server.connections, budget), sock=sock)
+    return HttpService(runner, listener, budget)

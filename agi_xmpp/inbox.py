@@ -21,8 +21,13 @@ only match JID matchers and ``groupchat`` messages only room matchers, so a priv
 a room occupant (``room@service/nick``, type ``chat``) is never taken for room traffic, and room
 traffic never answers a ``jabber_receive`` aimed at a person.
 
-Memory is bounded: at most ``max_messages`` messages and ``max_chars`` characters of bodies are
-buffered; past that the oldest are dropped and counted in ``dropped``.
+Memory is bounded, per sender and per class of sender, so a stranger cannot crowd out a contact
+(issue 10). ``is_trusted(msg)`` (wired by ``services``: a roster contact, or a room the account
+joined) puts each buffered message in the ``contact`` or the ``stranger`` class. Each class has a
+``Quota``: messages and characters per sender, and in total. A message past its sender's quota
+evicts that sender's oldest; past its class's total, the class's oldest. A class never evicts
+the other's messages. Evictions are counted per class in ``evicted`` (shown in ``/metrics``);
+``dropped`` counts every message thrown away to respect a bound.
 
 Cost: ``put`` and ``take`` touch only the buffer and waiters of that one sender's bare JID.
 """
@@ -38,9 +43,28 @@ from dataclasses import dataclass
 
 from .jid import Jid
 
-__all__ = ["InboundMessage", "Matcher", "Inbox", "Waiter", "GROUPCHAT"]
+__all__ = ["InboundMessage", "Matcher", "Inbox", "Waiter", "Quota", "GROUPCHAT",
+           "CONTACT", "STRANGER", "STRANGER_QUOTA"]
 
 GROUPCHAT = "groupchat"
+CONTACT = "contact"
+STRANGER = "stranger"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """Bounds of one class of senders: per sender, and for the whole class."""
+
+    per_sender_messages: int
+    per_sender_chars: int
+    total_messages: int
+    total_chars: int
+
+
+# Strangers (not in the roster, not a joined room) get little: enough for a reply that races
+# the roster push, not enough to matter when a flood arrives from thousands of made-up JIDs.
+STRANGER_QUOTA = Quota(per_sender_messages=20, per_sender_chars=64 * 1024,
+                       total_messages=1_000, total_chars=1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +147,14 @@ class _Buffered:
     bare: str
     deadline: float
     seq: int
+    sender_class: str
+
+
+@dataclass(slots=True)
+class _ClassBooks:
+    quota: Quota
+    order: OrderedDict[int, _Buffered]  # this class's messages, oldest first
+    chars: int = 0
 
 
 class Inbox:
@@ -135,13 +167,25 @@ class Inbox:
         *,
         max_messages: int = 10_000,
         max_chars: int = 16 * 1024 * 1024,
+        per_sender_messages: int = 1_000,
+        per_sender_chars: int = 1024 * 1024,
+        stranger_quota: Quota = STRANGER_QUOTA,
+        is_trusted: Callable[[InboundMessage], bool] | None = None,
     ) -> None:
+        """``max_*`` bound the contacts' class in total, ``per_sender_*`` each contact;
+        ``is_trusted`` None counts every sender as a contact."""
         if ttl < 0:
             raise ValueError("ttl must not be negative")
         self.ttl = float(ttl)
         self._clock = clock
-        self._max_messages = max_messages
-        self._max_chars = max_chars
+        self.is_trusted = is_trusted
+        contact_quota = Quota(per_sender_messages, per_sender_chars, max_messages, max_chars)
+        self._classes = {
+            CONTACT: _ClassBooks(contact_quota, OrderedDict()),
+            STRANGER: _ClassBooks(stranger_quota, OrderedDict()),
+        }
+        self._sender_chars: dict[str, int] = {}
+        self.evicted: dict[str, int] = {CONTACT: 0, STRANGER: 0}
         self._order: OrderedDict[int, _Buffered] = OrderedDict()  # oldest first
         self._by_sender: dict[str, OrderedDict[int, _Buffered]] = {}
         self._waiters: dict[str, OrderedDict[int, Waiter]] = {}
@@ -185,17 +229,33 @@ class Inbox:
             self.expired += 1
             return
         size = len(msg.body)
-        if size > self._max_chars:
+        trusted = self.is_trusted is None or self.is_trusted(msg)
+        sender_class = CONTACT if trusted else STRANGER
+        books = self._classes[sender_class]
+        quota = books.quota
+        if size > quota.per_sender_chars or size > quota.total_chars:
             self.dropped += 1
+            self.evicted[sender_class] += 1
             return
-        entry = _Buffered(msg, bare, now + self.ttl, next(self._seq))
+        entry = _Buffered(msg, bare, now + self.ttl, next(self._seq), sender_class)
         self._order[entry.seq] = entry
-        self._by_sender.setdefault(bare, OrderedDict())[entry.seq] = entry
+        books.order[entry.seq] = entry
+        queue = self._by_sender.setdefault(bare, OrderedDict())
+        queue[entry.seq] = entry
         self._chars += size
-        while len(self._order) > self._max_messages or self._chars > self._max_chars:
-            _, oldest = self._order.popitem(last=False)
-            self._unindex(oldest)
-            self.dropped += 1
+        books.chars += size
+        self._sender_chars[bare] = self._sender_chars.get(bare, 0) + size
+        # The sender's own oldest go first, then its class's: never the other class's.
+        while len(queue) > quota.per_sender_messages or self._sender_chars[bare] > quota.per_sender_chars:
+            self._evict(queue[next(iter(queue))])
+        while len(books.order) > quota.total_messages or books.chars > quota.total_chars:
+            self._evict(books.order[next(iter(books.order))])
+
+    def _evict(self, entry: _Buffered) -> None:
+        del self._order[entry.seq]
+        self._unindex(entry)
+        self.dropped += 1
+        self.evicted[entry.sender_class] += 1
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -264,8 +324,15 @@ class Inbox:
             self.expired += 1
 
     def _unindex(self, entry: _Buffered) -> None:
-        self._chars -= len(entry.msg.body)
+        size = len(entry.msg.body)
+        self._chars -= size
+        books = self._classes[entry.sender_class]
+        del books.order[entry.seq]
+        books.chars -= size
         queue = self._by_sender[entry.bare]
         del queue[entry.seq]
         if not queue:
             del self._by_sender[entry.bare]
+            del self._sender_chars[entry.bare]
+        else:
+            self._sender_chars[entry.bare] -= size

@@ -828,6 +828,9 @@ def ensure_demo(
     """
     server = _demo_prosody(state_dir, c2s_port, http_port, domain)
     server.workdir.mkdir(parents=True, exist_ok=True)
+    # Private whatever the umask: the demo's passwords and Prosody's account files live here
+    # (the state directory itself is made 0700 by the service, state_files.ensure_private_dir).
+    os.chmod(server.workdir, 0o700)
     if server.adopt_running():
         current = server.config_path.read_bytes() if server.config_path.exists() else b""
         if current != server.render_config().encode():
@@ -857,6 +860,7 @@ def ensure_demo(
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=2, sort_keys=True)
             f.write("\n")
+    os.chmod(accounts_file, 0o600)  # O_CREAT's mode does not apply to an existing file
     return DemoServer(
         jid=f"{_DEMO_SERVICE}@{server.domain}",
         password=passwords[_DEMO_SERVICE],

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass, field
 
 import structlog
 
+from .archive_quota import ArchiveQuota
 from .config import Config
+from .conn_limits import plan_budgets, raise_nofile_limit
+from .inbox import GROUPCHAT, InboundMessage
 from .presence import PresenceCache
+from .state_files import ensure_private_dir
 from .storage import AsyncStorage, Storage
 from .xmpp_pool import XmppPool
 
@@ -38,19 +44,25 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def running_services(config: Config) -> AsyncIterator[Services]:
+    ensure_private_dir(config.general.state_dir)  # 0700 whatever the umask (state_files)
     storage = Storage(config.general.database)
     storage.create_all()
     storage.directory_load_config(config.directory)
     async_storage = AsyncStorage(storage)
     presence = PresenceCache()
     pool = XmppPool(config, async_storage, presence)
+    _apply_sender_quotas(pool, presence)
     await pool.start()
     for warning in config.warnings:
         log.warning("config_warning", detail=warning)
     log.info("services_started", accounts=sorted(config.accounts))
+    retention = asyncio.create_task(_archive_retention(async_storage, config.general.archive_retention))
     try:
         yield Services(config=config, storage=async_storage, presence=presence, pool=pool)
     finally:
+        retention.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await retention
         await pool.stop()
         await async_storage.aclose()
         log.info("services_stopped")
@@ -68,10 +80,18 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, stop.set)
     general = config.general
+    soft, hard = raise_nofile_limit()
+    budgets = plan_budgets(soft, general.agi_max_connections, general.http_max_connections, len(config.accounts))
+    if budgets.reduced:
+        log.warning("connection_budgets_reduced", nofile=soft, agi=budgets.agi, http=budgets.http,
+                    hint="raise LimitNOFILE in the systemd unit (docs/reliability.md)")
+    log.info("file_descriptors", nofile_soft=soft, nofile_hard=hard, agi_budget=budgets.agi,
+             http_budget=budgets.http)
     async with running_services(config) as services:
-        agi = AgiServer(registry, services, bind=general.agi_bind, allow=general.agi_allow)
+        agi = AgiServer(registry, services, bind=general.agi_bind, allow=general.agi_allow,
+                        max_connections=budgets.agi)
         await agi.start()
-        http = await start_http(services)
+        http = await start_http(services, max_connections=budgets.http, agi_budget=agi.budget)
         log.info("agi_xmpp_ready", agi=_addr(general.agi_bind), http=_addr(general.http_bind))
         # Startup built a large heap (slixmpp, SQLAlchemy, aiohttp, config) that lives until
         # exit: move it out of the cyclic GC's reach, or every full collection walks all of it
@@ -83,6 +103,40 @@ async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
             log.info("agi_xmpp_stopping")
             await http.cleanup()
             await agi.close()
+
+
+def _apply_sender_quotas(pool: XmppPool, presence: PresenceCache) -> None:
+    """Strangers get tighter buffer and archive quotas than roster contacts and joined rooms
+    (inbox.py, archive_quota.py): a stranger's flood cannot evict a contact's reply."""
+    pool.archive_quota = ArchiveQuota()
+    for name, inbox in pool.inboxes.items():
+        inbox.is_trusted = functools.partial(_is_trusted, pool, presence, name)
+
+
+def _is_trusted(pool: XmppPool, presence: PresenceCache, account: str, message: InboundMessage) -> bool:
+    if message.kind == GROUPCHAT:
+        session = pool.sessions.get(account)
+        return session is not None and message.sender.bare in session.joined_rooms()
+    return presence.status(account, message.sender.bare_jid()).code != NOT_IN_ROSTER
+
+
+NOT_IN_ROSTER = 7  # jabber_status's code for a sender outside the roster (SPEC §2.2)
+ARCHIVE_PURGE_INTERVAL = 3600.0  # seconds between archive retention passes
+
+
+async def _archive_retention(storage: AsyncStorage, days: int) -> None:
+    """Delete archived messages older than ``archive_retention`` days, hourly; never stops on a
+    database error (it is tried again at the next pass)."""
+    if days <= 0:
+        return
+    while True:
+        try:
+            removed = await storage.archive_purge(datetime.now(UTC) - timedelta(days=days))
+            if removed:
+                log.info("archive_purged", removed=removed, retention_days=days)
+        except Exception as exc:  # supervised: one failure never ends retention
+            log.error("archive_purge_failed", error=str(exc))
+        await asyncio.sleep(ARCHIVE_PURGE_INTERVAL)
 
 
 def _addr(bind: tuple[str, int]) -> str:

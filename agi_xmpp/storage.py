@@ -87,6 +87,7 @@ from sqlalchemy.types import TypeDecorator
 from .config import DirectoryEntry  # one DirectoryEntry for config and database alike
 from .errors import DirectoryError, InvalidJid, StorageError
 from .jid import parse_jid
+from .state_files import create_private_file, ensure_private_dir
 
 __all__ = [
     "ArchivedMessage",
@@ -368,7 +369,11 @@ class Storage:
             in_memory = database in ("", ":memory:")
             if not in_memory and not database.startswith("file:"):
                 try:
-                    Path(database).parent.mkdir(parents=True, exist_ok=True)
+                    # Private whatever the umask: the archive holds message bodies. SQLite gives
+                    # its -wal/-shm/-journal files the database file's mode (os_unix.c).
+                    if not Path(database).parent.exists():
+                        ensure_private_dir(Path(database).parent)
+                    create_private_file(database)
                 except OSError as exc:
                     raise StorageError(
                         f"cannot create the directory for {database}: {exc}"
@@ -516,6 +521,17 @@ class Storage:
     ) -> None:
         """Archive one message exchanged with ``peer`` (any JID; stored as its bare JID)."""
         self._insert_many([_archive_insert(direction, account, peer, body, stanza_id)])
+
+    def archive_purge(self, created_before: datetime) -> int:
+        """Delete archived messages created before the cutoff (``archive_retention``)."""
+        before = _utc(created_before, "created_before")
+        with self._write("archive_purge") as session:
+            result = session.execute(
+                delete(_ArchiveRow)
+                .where(_ArchiveRow.created_at < before)
+                .execution_options(synchronize_session=False)
+            )
+            return _rowcount(result)
 
     def archive_recent(self, account: str, peer_bare: str, limit: int = 3) -> list[ArchivedMessage]:
         """The last ``limit`` messages exchanged with ``peer_bare``, returned oldest first."""
@@ -766,6 +782,9 @@ class AsyncStorage:
         self, direction: str, account: str, peer: str, body: str, stanza_id: str | None
     ) -> None:
         await self._group_commit(_archive_insert(direction, account, peer, body, stanza_id))
+
+    async def archive_purge(self, created_before: datetime) -> int:
+        return await self._call(self.storage.archive_purge, created_before)
 
     async def archive_recent(
         self, account: str, peer_bare: str, limit: int = 3

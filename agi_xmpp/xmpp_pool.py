@@ -34,6 +34,7 @@ from enum import StrEnum
 
 import structlog
 
+from .archive_quota import ArchiveQuota
 from .config import AccountConfig, Config
 from .errors import InvalidJid, StorageError
 from .inbox import InboundMessage, Inbox, Matcher
@@ -97,6 +98,7 @@ class XmppPool:
             name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
         }
         self._in_flight: dict[str, set[str]] = {name: set() for name in self.sessions}
+        self.archive_quota: ArchiveQuota | None = None
         self._resend_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
@@ -288,7 +290,13 @@ class XmppPool:
         for hook in self._message_hooks:
             if hook(account, message):
                 return
-        self.inboxes[account].put(message)
+        inbox = self.inboxes[account]
+        inbox.put(message)
+        quota = self.archive_quota  # per-sender archive quota (archive_quota.py, set by services)
+        if quota is not None and not quota.admit(
+            account, message.sender.bare, len(message.body), inbox.is_trusted is None or inbox.is_trusted(message)
+        ):
+            return
         asyncio.ensure_future(
             self.storage.archive_add("in", account, message.sender.bare, message.body, message.stanza_id)
         ).add_done_callback(_log_archive_failure)

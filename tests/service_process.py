@@ -169,9 +169,18 @@ class ServiceProcess:
         None when nothing answers."""
         return await self.http("GET", "/health", token=self.http_token)
 
-    async def http(self, method: str, path: str, *, token: str | None = None,
+    @property
+    def api_token(self) -> str:
+        """The token the service wrote in its state directory (what the CLI reads)."""
+        return (self.workdir / "state" / "http-token").read_text().strip()
+
+    async def http(self, method: str, path: str, *, token: str | None | object = "auto",
                    json: object = None) -> tuple[int, dict] | None:
-        """One request to the HTTP API: ``(status, json)``, or None when nothing answers."""
+        """One request to the HTTP API: ``(status, json)``, or None when nothing answers.
+
+        ``token="auto"`` sends the service's own token (once it has written it); None sends none."""
+        if token == "auto":
+            token = self.http_token or (self.api_token if (self.workdir / "state" / "http-token").exists() else None)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         url = f"http://{self.host}:{self.http_port}{path}"
         try:

@@ -1125,5 +1125,20 @@ def test_the_shipped_sample_config_loads(tmp_path: Path) -> None:
         "statusmessage", "usetls", "usesasl", "forceoldssl", "buddy", "autoregister", "autoprune",
         "auth_policy", "timeout", "keepalive", "tls_verify", "cafile", "resource", "host",
         "originate_context", "presence_to_hints", "voicemail_spool", "voicemail_upload",
+        "http_hosts", "agi_max_connections", "http_max_connections", "archive_retention",
     ):  # fmt: skip
         assert f";{key} =" in text or f"; {key} =" in text or f"\n{key} =" in text, key
+
+
+def test_security_and_limit_keys(tmp_path):
+    """http_hosts, the connection budgets and archive_retention parse, with their defaults."""
+    g = load(tmp_path, "[general]\n").general
+    assert (g.http_hosts, g.agi_max_connections, g.http_max_connections, g.archive_retention) == ((), 4096, 256, 90)
+    g = load(tmp_path, "[general]\nhttp_hosts = PBX.example.com, board.example.com:8443\n"
+                       "agi_max_connections = 100\nhttp_max_connections = 20\narchive_retention = 0\n").general
+    assert g.http_hosts == ("pbx.example.com", "board.example.com:8443")
+    assert (g.agi_max_connections, g.http_max_connections, g.archive_retention) == (100, 20, 0)
+    err = error_of(tmp_path, "[general]\nhttp_hosts = evil example\n")
+    assert_error(err, tmp_path / "agi_xmpp.conf", 2, "http_hosts")
+    err = error_of(tmp_path, "[general]\nagi_max_connections = 2\n")
+    assert_error(err, tmp_path / "agi_xmpp.conf", 2, "agi_max_connections")

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from agi_xmpp.inbox import InboundMessage, Inbox, Matcher, Waiter
+from agi_xmpp.inbox import STRANGER_QUOTA, InboundMessage, Inbox, Matcher, Waiter
 from agi_xmpp.jid import parse_jid
 
 _ids = itertools.count()
@@ -254,15 +254,73 @@ def test_buffer_is_bounded_by_size(clock: FakeClock) -> None:
 
 
 def test_flood_from_one_sender_does_not_hide_others_beyond_bound(clock: FakeClock) -> None:
-    """A 10,000-message flood stays within the default bound and others still flow afterwards."""
+    """A 10,050-message flood from one contact keeps only its newest 1,000 (the per-sender
+    quota), and others still flow afterwards."""
     inbox = Inbox(ttl=60, clock=clock)
     for n in range(10_050):
         inbox.put(msg("spam@example.com/x", str(n)))
-    assert len(inbox) == 10_000
-    assert inbox.dropped == 50
+    assert len(inbox) == 1_000
+    assert inbox.dropped == 9_050 and inbox.evicted == {"contact": 9_050, "stranger": 0}
+    assert inbox.take(jid_matcher("spam@example.com")).body == "9050"  # the oldest kept
     real = msg(f"{ALICE}/a")
     inbox.put(real)
     assert inbox.take(jid_matcher(ALICE)) is real
+
+
+def _roster(*contacts: str):
+    bare = {parse_jid(c).bare for c in contacts}
+    return lambda m: m.sender.bare in bare
+
+
+def test_stranger_flood_never_evicts_a_contacts_message(clock: FakeClock) -> None:
+    """Issue 10: 10,400 messages from strangers (one, then thousands of made-up JIDs) arrive
+    after a contact's reply: the reply is still there, and strangers hold at most their quota."""
+    inbox = Inbox(ttl=60, clock=clock, is_trusted=_roster(ALICE))
+    reply = msg(f"{ALICE}/phone", "1")
+    inbox.put(reply)
+    for n in range(5_200):
+        inbox.put(msg("stranger@evil.example/x", f"spam {n}"))
+        inbox.put(msg(f"s{n}@evil.example/x", f"spam {n}"))
+    assert inbox.take(jid_matcher(ALICE)) is reply
+    assert len(inbox) == STRANGER_QUOTA.total_messages
+    assert inbox.evicted["contact"] == 0 and inbox.evicted["stranger"] == 10_400 - STRANGER_QUOTA.total_messages
+
+
+def test_one_stranger_holds_at_most_its_own_quota_newest_first(clock: FakeClock) -> None:
+    """A single stranger keeps only its newest per-sender quota; other strangers keep theirs."""
+    inbox = Inbox(ttl=60, clock=clock, is_trusted=_roster())
+    inbox.put(msg("other@evil.example/x", "other"))
+    for n in range(100):
+        inbox.put(msg("stranger@evil.example/x", str(n)))
+    kept = [inbox.take(jid_matcher("stranger@evil.example")) for _ in range(STRANGER_QUOTA.per_sender_messages + 1)]
+    assert [m.body for m in kept[:-1]] == [str(n) for n in range(100 - STRANGER_QUOTA.per_sender_messages, 100)]
+    assert kept[-1] is None
+    assert inbox.take(jid_matcher("other@evil.example")).body == "other"
+
+
+def test_stranger_characters_are_bounded_too(clock: FakeClock) -> None:
+    """A stranger's body larger than its per-sender character quota is not buffered at all;
+    a contact's of the same size is."""
+    inbox = Inbox(ttl=60, clock=clock, is_trusted=_roster(ALICE))
+    big = "x" * (STRANGER_QUOTA.per_sender_chars + 1)
+    inbox.put(msg("stranger@evil.example/x", big))
+    inbox.put(msg(f"{ALICE}/a", big))
+    assert inbox.take(jid_matcher("stranger@evil.example")) is None
+    assert inbox.take(jid_matcher(ALICE)).body == big
+    assert inbox.evicted == {"contact": 0, "stranger": 1}
+
+
+def test_contacts_class_bound_evicts_only_contacts(clock: FakeClock) -> None:
+    """When the contacts' total is reached, the oldest contact message goes, never a stranger's."""
+    inbox = Inbox(ttl=60, clock=clock, max_messages=3, is_trusted=_roster(ALICE, "bob@example.com"))
+    stranger = msg("stranger@evil.example/x", "s")
+    inbox.put(stranger)
+    sent = [msg(f"{ALICE}/a", "a1"), msg("bob@example.com/b", "b1"), msg(f"{ALICE}/a", "a2"), msg("bob@example.com/b", "b2")]
+    for m in sent:
+        inbox.put(m)
+    assert inbox.take(jid_matcher("stranger@evil.example")) is stranger
+    assert inbox.take(jid_matcher(ALICE)).body == "a2"
+    assert inbox.evicted == {"contact": 1, "stranger": 0}
 
 
 # -- waiters -------------------------------------------------------------------------------------

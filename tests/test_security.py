@@ -1,7 +1,10 @@
 """Who may talk to the service, whom it trusts, and what it writes down.
 
 - FastAGI: only allowlisted peers (agi_allow) get a script run.
-- HTTP API: loopback callers are trusted; anyone else needs the bearer token.
+- HTTP API: loopback callers may read the board, /health and /metrics; everything else, and
+  anyone not on loopback, needs the bearer token (tests/test_http_security.py has the rest:
+  Host, Origin, content types, the token file; tests/integration/test_browser_defences.py the
+  real browser).
 - TLS: the XMPP server's certificate is verified unless tls_verify = no.
 - Logs: no password, secret or message body at info level.
 
@@ -85,17 +88,18 @@ async def http() -> AsyncIterator[TestClient]:
     await client.close()
 
 
-@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1"])
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
 async def test_loopback_callers_need_no_token(http, peer):
-    """A caller on a loopback address is trusted, as on the FastAGI port."""
+    """A caller on a loopback address (an IPv4-mapped one too: a dual-stack listener's view)
+    reads /health without the token."""
     response = await http.get("/health", headers={"X-Test-Peer": peer})
     assert response.status == 200
 
 
-@pytest.mark.parametrize("peer", ["192.0.2.7", "10.1.2.3", "2001:db8::5", "::ffff:127.0.0.1", "fe80::1%eth0"])
+@pytest.mark.parametrize("peer", ["192.0.2.7", "10.1.2.3", "2001:db8::5", "::ffff:192.0.2.1", "fe80::1%eth0"])
 @pytest.mark.parametrize("auth", [None, "", "Bearer ", "Bearer wrong", f"Bearer {TOKEN}x", f"Basic {TOKEN}"])
 async def test_other_callers_without_the_right_token_are_refused(http, peer, auth):
-    """Any other caller without exactly the configured bearer token gets 403 on every route,
+    """Any other caller without exactly the configured bearer token gets 401 on every route,
     whatever X-Forwarded-For or Forwarded claim."""
     headers = {"X-Test-Peer": peer, "X-Forwarded-For": "127.0.0.1", "Forwarded": "for=127.0.0.1"}
     if auth is not None:
@@ -103,8 +107,8 @@ async def test_other_callers_without_the_right_token_are_refused(http, peer, aut
     for method, path in (("GET", "/health"), ("GET", "/api/directory"), ("POST", "/api/messages"),
                          ("DELETE", "/api/directory/100"), ("GET", "/metrics")):
         response = await http.request(method, path, headers=headers, json={})
-        assert response.status == 403, (method, path)
-        assert await response.json() == {"error": "forbidden"}
+        assert response.status == 401, (method, path)
+        assert (await response.json())["error"].startswith("unauthorized")
 
 
 async def test_other_callers_with_the_token_are_served(http):
@@ -122,7 +126,7 @@ async def test_without_a_configured_token_nobody_remote_gets_in(token):
     try:
         for auth in ("", "Bearer ", "Bearer None"):
             response = await client.get("/health", headers={"X-Test-Peer": "192.0.2.7", "Authorization": auth})
-            assert response.status == 403
+            assert response.status == 401
     finally:
         await client.close()
 
@@ -156,7 +160,7 @@ def _non_loopback_address() -> str | None:
 
 @pytest.mark.integration
 async def test_service_on_a_network_address_refuses_strangers(prosody, xmpp_accounts, tmp_path):
-    """The real service bound to this machine's non-loopback address: the HTTP API answers 403
+    """The real service bound to this machine's non-loopback address: the HTTP API answers 401
     without the token and 200/503 with it; FastAGI refuses the same caller (not on agi_allow's
     default loopback list), runs no script and logs the refusal."""
     address = _non_loopback_address()
@@ -166,9 +170,9 @@ async def test_service_on_a_network_address_refuses_strangers(prosody, xmpp_acco
     service = ServiceProcess(tmp_path, prosody, jid, password, host=address, http_token=TOKEN)
     try:
         await service.start()
-        assert (await service.http("GET", "/health"))[0] == 403
-        assert (await service.http("POST", "/api/messages", json={"to": "bob@localhost", "body": "x"}))[0] == 403
-        assert (await service.http("GET", "/health", token="wrong"))[0] == 403
+        assert (await service.http("GET", "/health", token=None))[0] == 401
+        assert (await service.http("POST", "/api/messages", token=None, json={"to": "bob@localhost", "body": "x"}))[0] == 401
+        assert (await service.http("GET", "/health", token="wrong"))[0] == 401
         assert (await service.http("GET", "/health", token=TOKEN))[0] == 200
         lines = await _agi_from(None, service.agi_port, "jabber_send", "asterisk", "bob@localhost",
                                 "must not be queued", host=address)

@@ -506,6 +506,16 @@ def test_archive_recent_returns_last_n_oldest_first(storage: Storage) -> None:
     assert storage.archive_recent("work", "bob@example.com", limit=0) == []
 
 
+def test_archive_purge_keeps_what_is_within_retention(storage: Storage) -> None:
+    """archive_purge (archive_retention) deletes messages older than the cutoff, keeps newer."""
+    storage.archive_add("in", "work", "bob@example.com", "old", "s1")
+    assert storage.archive_purge(_now() - timedelta(days=1)) == 0
+    assert [m.body for m in storage.archive_recent("work", "bob@example.com")] == ["old"]
+    assert storage.archive_purge(_now() + timedelta(seconds=1)) == 1
+    storage.archive_add("in", "work", "bob@example.com", "new", "s2")
+    assert [m.body for m in storage.archive_recent("work", "bob@example.com")] == ["new"]
+
+
 def test_archive_peer_is_normalised(storage: Storage) -> None:
     """The peer is stored as its normalised bare JID: case and resource do not split history."""
     storage.archive_add("in", "work", "Bob@EXAMPLE.com/phone", "from phone", "a")

@@ -4,10 +4,12 @@
 # debootstrap: builds the Asterisk 22 lab for the end-to-end tests (tests/e2e/build_lab.sh).
 # openssl: certificates for the local Prosody. espeak-ng, sox: regenerate sounds/ (make sounds).
 # valgrind: the benchmark's instruction counts (make bench).
+# chromium: the browser the CSRF/DNS-rebinding tests drive (make test, --browser).
 set -euo pipefail
 want=(prosody debootstrap openssl)
 [ "${1:-}" = "--sounds" ] && want+=(espeak-ng sox)
 [ "${1:-}" = "--bench" ] && want+=(valgrind)
+[ "${1:-}" = "--browser" ] && want+=(chromium)
 missing=()
 for pkg in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -29,7 +29,7 @@ from slixmpp.xmlstream import ET
 from structlog.testing import capture_logs
 
 from agi_xmpp.config import AccountConfig
-from agi_xmpp.jid import Jid
+from agi_xmpp.jid import Jid, parse_jid
 from agi_xmpp.xmpp_session import XmppSession
 
 pytestmark = pytest.mark.integration
@@ -79,9 +79,13 @@ async def test_hostile_sender_resource_reaches_the_dialplan_quoted(svc, xmpp_acc
 async def test_100_kb_inbound_body_is_refused_whole_never_cut(svc, xmpp_accounts, xmpp_client):
     """A 100 KB chat cannot fit Asterisk's 8191-byte AGI line: jabber_receive says FAILURE with
     the reason (never a truncated value), the archive keeps the whole text, and the service
-    keeps serving; a body that fits arrives exactly."""
+    keeps serving; a body that fits arrives exactly. (Bob is a roster contact: a stranger's
+    100 KB would be neither buffered nor archived, see the sender quotas in inbox.py.)"""
     bob_jid, bob_pw = xmpp_accounts("bob")
     bob = await xmpp_client(bob_jid, bob_pw)
+    bob.subscribe(svc.jid)
+    await eventually(lambda: svc.services.presence.status(ACCOUNT, parse_jid(bob_jid)).code != 7,
+                     what="bob in the service's roster")
     huge = ("0123456789abcdé" * 7000)[:100_000]
     bob.send_message(svc.jid, huge)
     result = await svc.call("jabber_receive", ACCOUNT, bob_jid, "10")

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from agi_xmpp import cli
+from agi_xmpp.state_files import read_token
 
 from service_harness import running_harness, service_config, settle_presence
 
@@ -23,6 +24,7 @@ def write_config(path, config) -> str:
         "[general]\n"
         f"http_bind = {general.http_bind.host}:{general.http_bind.port}\n"
         f"database = {general.database}\n"
+        f"state_dir = {general.state_dir}\n"
         f"[asterisk]\nusername = {account.username}\nsecret = {account.secret}\n"
         f"serverhost = {account.serverhost}\nport = {account.port}\ncafile = {account.cafile}\n"
     )
@@ -46,10 +48,15 @@ async def svc(prosody, xmpp_accounts, tmp_path):
         yield harness
 
 
-def http_get(svc, path: str) -> tuple[int, bytes]:
+def http_get(svc, path: str, *, token: bool = True) -> tuple[int, bytes]:
+    """GET with the service's own API token (what the CLI sends), unless ``token=False``."""
     host, port = svc.config.general.http_bind
+    request = urllib.request.Request(f"http://{host}:{port}{path}")
+    if token:
+        secret = read_token(svc.config.general.state_dir)
+        request.add_header("Authorization", f"Bearer {secret}")
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -164,7 +171,8 @@ def test_show_without_a_running_service_is_a_clear_error(tmp_path, capsys):
 
 
 async def test_presence_board_and_its_data(prosody, xmpp_accounts, xmpp_client, tmp_path):
-    """GET / serves the board page; /api/presence gives each directory entry's live status."""
+    """GET / serves the board page; /api/board gives each extension's availability to anyone on
+    loopback, /api/presence (token) adds the JID and status text."""
     from agi_xmpp.config import DirectoryEntry
 
     jid, password = xmpp_accounts("asterisk")
@@ -175,8 +183,12 @@ async def test_presence_board_and_its_data(prosody, xmpp_accounts, xmpp_client, 
         bob = await xmpp_client(bob_jid, bob_pw)
         bob.subscribe(jid)
         await settle_presence(svc, bob, bob_jid, 5, show="dnd", status="<b>in a meeting</b>")
-        status, page = await asyncio.to_thread(http_get, svc, "/")
-        assert status == 200 and b"Presence board" in page and b"api/presence" in page
+        status, page = await asyncio.to_thread(http_get, svc, "/", token=False)
+        assert status == 200 and b"Presence board" in page and b"api/board" in page
+        status, board = await asyncio.to_thread(http_get, svc, "/api/board", token=False)
+        assert status == 200
+        assert {e["extension"]: e for e in json.loads(board)["entries"]}["201"] == {
+            "extension": "201", "code": 5, "show": "dnd"}  # no JID, no status text without the token
         status, body = await asyncio.to_thread(http_get, svc, "/api/presence")
     assert status == 200
     entries = {e["extension"]: e for e in json.loads(body)["entries"]}
