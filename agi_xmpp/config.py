@@ -667,6 +667,8 @@ def _build_account(
 
 def _raise_collected(errors: list[ConfigError]) -> None:
     """Raise the one error, or all of them as one ConfigErrors, in file order."""
+    files = {e.path: n for n, e in reversed(list(enumerate(errors)))}  # first appearance
+    errors = sorted(errors, key=lambda e: (files[e.path], e.line or 0))
     if len(errors) == 1:
         raise errors[0]
     if errors:

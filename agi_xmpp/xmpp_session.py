@@ -145,6 +145,7 @@ class XmppSession:
         self.reconnects = 0
         self._stopping = False
         self._attempt: asyncio.Future[bool] | None = None
+        self._tcp_connected = False  # this attempt reached the server's port
         self._link_down = asyncio.Event()
         self._rooms: dict[str, _Room] = {}
         self._unconfirmed: list[str] = []
@@ -221,13 +222,15 @@ class XmppSession:
         host = self.account.serverhost
         port = self.account.port if host else None
         self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
+        self._tcp_connected = False
         self._client.connect(host, port) if host else self._client.connect()
         try:
             async with asyncio.timeout(self._negotiation_timeout):
                 await self._attempt
             return True
         except (TimeoutError, ConnectionError) as exc:
-            self.last_error = str(exc) or "stream negotiation timed out"
+            silent = self._not_xmpp("sent no XMPP stream") if isinstance(exc, TimeoutError) else ""
+            self.last_error = silent or str(exc) or "stream negotiation timed out"
             self.log.warning("xmpp_connect_failed", error=self.last_error)
             self._client.cancel_connection_attempt()
             self._client.abort()
@@ -278,9 +281,27 @@ class XmppSession:
             "presence": self._on_presence,
             "message": self._on_message,
         }
+        handlers["connected"] = self._on_tcp_connected
         for event, handler in handlers.items():
             client.add_event_handler(event, self._guarded(handler))
         return client
+
+    def _on_tcp_connected(self, _event: object) -> None:
+        # The server's stream header sets stream_id: a peer that never sends one is not an XMPP
+        # server (an HTTP or SSH port, a wrong port number), which "disconnected" would hide.
+        self._tcp_connected = True
+        if self._client is not None:
+            self._client.stream_id = None
+
+    def _not_xmpp(self, what: str) -> str:
+        """The plain reason when this attempt reached a port that does not speak XMPP, else ""."""
+        if self._attempt is None or not self._tcp_connected or self._client is None:
+            return ""
+        if self._client.stream_id is not None:
+            return ""
+        host = self.account.serverhost or self._jid.domain
+        where = f"{host}:{self.account.port}" if self.account.serverhost else host
+        return f"{where} {what}: not an XMPP server (wrong host or port?)"
 
     def _guarded(self, handler: Callable) -> Callable:
         """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
@@ -351,6 +372,7 @@ class XmppSession:
         self.connected_since = None
         if reason:
             self.last_error = str(reason)
+        self.last_error = self._not_xmpp("answered without an XMPP stream") or self.last_error
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:
