@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("account")
     send.add_argument("jid")
     send.add_argument("text", nargs="+")
+    send.add_argument("--to-server", action="store_true",
+                      help="allow a JID without a user part (a server, gateway or component)")
 
     directory = command(sub, "directory", help="the extension <-> JID directory")
     dsub = directory.add_subparsers(dest="action", required=True)
@@ -204,12 +206,13 @@ def _send(config: Config, args: argparse.Namespace) -> int:
         jid = parse_jid(args.jid.strip())
     except InvalidJid as exc:
         raise AgiXmppError(f"not a JID: {args.jid!r}: {exc}") from None
-    if not jid.local:
+    if not jid.local and not args.to_server:
         # A domain-only JID is a server's address: the server answers it, no person reads it.
         domain = account.bare_jid.partition("@")[2]
         raise AgiXmppError(
             f"{args.jid!r} is a server address (a JID without a user part), not a person: "
-            f"nobody would read the message. Did you mean {jid.domain}@{domain}?"
+            f"nobody would read the message. Did you mean {jid.domain}@{domain}? "
+            "(--to-server sends it anyway)"
         )
     reply = _api(config, "POST", "/api/messages", {"account": account.name, "to": args.jid, "body": " ".join(args.text)})
     print(reply["status"])

@@ -166,7 +166,19 @@ def test_send_to_a_domain_only_jid_is_refused(capsys, conf, target):
     assert (code, out) == (1, "")
     domain = target.partition("/")[0]
     assert err == (f"agi-xmpp: {target!r} is a server address (a JID without a user part), not a "
-                   f"person: nobody would read the message. Did you mean {domain}@localhost?\n")
+                   f"person: nobody would read the message. Did you mean {domain}@localhost? "
+                   "(--to-server sends it anyway)\n")
+
+
+def test_send_to_a_server_address_on_purpose_passes_the_check(capsys, tmp_path):
+    """With --to-server the domain-only JID is sent on (here: to a port where no service listens)."""
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        path = write(tmp_path / "agi_xmpp.conf", f"[general]\nhttp_bind = 127.0.0.1:{port}\n"
+                     "[demo]\nusername = asterisk@localhost\nsecret = x\n")
+        code, _, err = run(capsys, "send", "demo", "gateway.localhost", "hello", "--to-server", "-c", path)
+    assert code == 1 and err.startswith(f"agi-xmpp: cannot reach the running service at http://127.0.0.1:{port}/")
 
 
 def test_send_to_an_unknown_account_is_an_error(capsys, conf):
