@@ -209,7 +209,8 @@ def test_serve_on_a_taken_port_is_one_line(capsys, tmp_path, key):
         port = taken.getsockname()[1]
         path = write(tmp_path / "agi_xmpp.conf",
                      f"[general]\nstate_dir = {tmp_path}\n{key} = 127.0.0.1:{port}\n"
-                     "[demo]\nusername = asterisk@localhost\nsecret = x\n")
+                     + ("agi_bind = 127.0.0.1:0\n" if key == "http_bind" else "")  # 4573 may be busy
+                     + "[demo]\nusername = asterisk@localhost\nsecret = x\n")
         code, out, err = run(capsys, "serve", "-c", path)
     what = "FastAGI" if key == "agi_bind" else "HTTP"
     assert (code, out) == (1, "")
