@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from agi_xmpp.config import load_config
+from agi_xmpp.config import Config, load_config
 from agi_xmpp.errors import ConfigError
 
 from .local_prosody import DEMO_C2S_PORT, DEMO_HTTP_PORT, DemoServer, LocalProsodyError, ensure_demo, stop_demo
@@ -52,9 +52,9 @@ def prepare(state_dir: Path, c2s_port: int = DEMO_C2S_PORT, http_port: int = DEM
     return demo
 
 
-def _state_dir(config_path: str) -> Path:
+def _read(config_path: str) -> Config:
     try:
-        return Path(load_config(config_path).general.state_dir)
+        return load_config(config_path)
     except ConfigError as exc:
         raise SystemExit(f"tools.demo: configuration error: {str(exc).splitlines()[0]}") from None
 
@@ -66,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--c2s-port", type=int, default=DEMO_C2S_PORT)
     parser.add_argument("--http-port", type=int, default=DEMO_HTTP_PORT)
     args = parser.parse_args(argv)
-    state_dir = _state_dir(args.config)
+    config = _read(args.config)
+    state_dir = Path(config.general.state_dir)
+    own = sorted(set(config.accounts) - {DEMO_ACCOUNT})
+    if args.command == "prepare" and own:
+        print(f"{args.config} has its own account(s) ({', '.join(own)}): no demo XMPP server needed")
+        return 0
     try:
         if args.command == "stop":
             stopped = stop_demo(state_dir, c2s_port=args.c2s_port, http_port=args.http_port)
