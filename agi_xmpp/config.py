@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-from .conf_dialect import Entry, Section, Source, read_sections
+from .conf_dialect import ConfigErrors as ConfigErrors  # re-exported: load_config raises it
+from .conf_dialect import Entry, Section, Source, raise_collected, read_sections
 from .errors import ConfigError, DirectoryError, InvalidJid, UnknownAccount
 from .jid import parse_jid
 
@@ -176,19 +177,6 @@ class Config:
             return self.accounts[key]
         except KeyError:
             raise UnknownAccount(f"unknown account '{name.strip() or key}'") from None
-
-
-class ConfigErrors(ConfigError):
-    """Several problems in one configuration; ``errors`` lists them in the order found."""
-
-    def __init__(self, errors: Iterable[ConfigError]) -> None:
-        self.errors = tuple(errors)
-        first = self.errors[0]
-        super().__init__(first.reason, path=first.path, line=first.line)
-        self.args = ("\n".join(str(e) for e in self.errors),)
-
-    def __str__(self) -> str:
-        return self.args[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,16 +653,6 @@ def _build_account(
     return account if len(errors) == before else None
 
 
-def _raise_collected(errors: list[ConfigError]) -> None:
-    """Raise the one error, or all of them as one ConfigErrors, in file order."""
-    files = {e.path: n for n, e in reversed(list(enumerate(errors)))}  # first appearance
-    errors = sorted(errors, key=lambda e: (files[e.path], e.line or 0))
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise ConfigErrors(errors)
-
-
 def parse_xmpp_conf(
     path: str | os.PathLike[str],
     warnings: list[str] | None = None,
@@ -689,7 +667,7 @@ def parse_xmpp_conf(
     sink: list[str] = [] if warnings is None else warnings
     problems: list[ConfigError] = [] if errors is None else errors
     base_dir = os.path.dirname(os.path.abspath(path))
-    sections = [s for s in read_sections(path) if not s.template]
+    sections = [s for s in read_sections(path, problems) if not s.template]
     defaults: dict[str, Entry] = {}
     for section in sections:
         if section.name.lower() == "general":
@@ -716,7 +694,7 @@ def parse_xmpp_conf(
             if account is not None:
                 accounts[account.name] = account
     if errors is None:
-        _raise_collected(problems)
+        raise_collected(problems)
     return accounts
 
 
@@ -735,7 +713,7 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
     directory: tuple[DirectoryEntry, ...] = ()
     accounts: dict[str, AccountConfig] = {}
     origin: dict[str, Source] = {}
-    for section in read_sections(path):
+    for section in read_sections(path, errors):
         kind = section.name.lower()
         if section.template:
             continue
@@ -762,11 +740,7 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
         if not os.path.isfile(general.xmpp_conf):
             errors.append(src.error(f"xmpp_conf: file not found: {general.xmpp_conf}"))
         else:
-            try:
-                imported = parse_xmpp_conf(general.xmpp_conf, warnings, errors)
-            except ConfigError as exc:  # its syntax: nothing more can be read from that file
-                errors.append(exc)
-                imported = {}
+            imported = parse_xmpp_conf(general.xmpp_conf, warnings, errors)
             for name, account in imported.items():
                 if name in origin:
                     errors.append(src.error(
@@ -787,7 +761,7 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
         errors.append(general_values.single["http_bind"].src.error(
             f"http_bind {general.http_bind} is not a loopback address: set http_token too"
         ))  # fmt: skip
-    _raise_collected(errors)
+    raise_collected(errors)
     return Config(path, general, accounts, ami, directory, tuple(warnings))
 
 

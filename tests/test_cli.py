@@ -244,6 +244,32 @@ tls_verfy = no
     ]
 
 
+def test_check_config_reports_syntax_and_value_errors_together(capsys, tmp_path):
+    """Lines the dialect cannot read are reported with the value errors of the lines it can."""
+    path = write(tmp_path / "agi_xmpp.conf", """\
+[general]
+this line has no equals sign
+log_format = fancy
+[broken
+username = ignored, the section header is bad
+[asterisk]
+username = asterisk@example.com
+secret = x
+[asterisk]
+#frobnicate
+""")
+    code, out, err = run(capsys, "check-config", "-c", path)
+    assert (code, out) == (2, "")
+    prefix = f"agi-xmpp: configuration error: {path}"
+    assert err.splitlines() == [
+        f"{prefix}:2: expected 'key = value', a [section] header or a #include",
+        f"{prefix}:3: 'log_format' must be one of console, json, not 'fancy'",
+        f"{prefix}:4: malformed section header '[broken': expected [name] or [name](options)",
+        f"{prefix}:9: section [asterisk] is defined twice (first at {path}:6); use [asterisk](+) to add to it",
+        f"{prefix}:10: unknown directive '#frobnicate' (use #include or #tryinclude)",
+    ]
+
+
 # -- 5. importing an existing xmpp.conf ----------------------------------------------------------
 
 
