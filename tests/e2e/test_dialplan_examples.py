@@ -70,6 +70,20 @@ def test_every_shipped_context_is_exercised():
     assert missing == [], f"dialplan contexts without an end-to-end test: {missing}"
 
 
+def test_no_example_suggests_originating_a_subroutine():
+    """The 'try it' lines of dialplan/, README and docs originate only contexts without Return()
+    (originating a subroutine ends in "Return without Gosub")."""
+    bodies: dict[str, str] = {}
+    for path in sorted(SHIPPED.glob("*.conf")):
+        for name, body in re.findall(r"^\[([^\]]+)\]\n(.*?)(?=^\[|\Z)", path.read_text(), re.MULTILINE | re.DOTALL):
+            bodies[name] = body
+    texts = [p.read_text() for p in [*SHIPPED.glob("*.conf"), ROOT / "README.md", *(ROOT / "docs").glob("*.md")]]
+    originated = {ctx for text in texts for ctx in re.findall(r"originate Local/[^@\s]+@([\w-]+)", text)}
+    subroutines = {ctx for ctx, body in bodies.items() if "Return()" in body}
+    assert originated & set(bodies), "the examples should show how to try one"
+    assert originated & subroutines == set()
+
+
 # -- the office: a service, chat users, a room, the dialplan -----------------------------------
 
 
