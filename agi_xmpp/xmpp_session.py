@@ -229,8 +229,12 @@ class XmppSession:
                 await self._attempt
             return True
         except (TimeoutError, ConnectionError) as exc:
-            silent = self._not_xmpp("sent no XMPP stream") if isinstance(exc, TimeoutError) else ""
-            self.last_error = silent or str(exc) or "stream negotiation timed out"
+            silent = self._silent_peer() if isinstance(exc, TimeoutError) else ""
+            if silent:  # a hung XMPP server, or something else that accepts and says nothing
+                self.last_error = (f"stream negotiation timed out: {silent} sent no XMPP stream "
+                                   f"within {self._negotiation_timeout:g} s (is it an XMPP server?)")
+            else:
+                self.last_error = str(exc) or "stream negotiation timed out"
             self.log.warning("xmpp_connect_failed", error=self.last_error)
             self._client.cancel_connection_attempt()
             self._client.abort()
@@ -293,15 +297,14 @@ class XmppSession:
         if self._client is not None:
             self._client.stream_id = None
 
-    def _not_xmpp(self, what: str) -> str:
-        """The plain reason when this attempt reached a port that does not speak XMPP, else ""."""
+    def _silent_peer(self) -> str:
+        """``host:port`` when this attempt reached a peer that sent no XMPP stream, else ""."""
         if self._attempt is None or not self._tcp_connected or self._client is None:
             return ""
         if self._client.stream_id is not None:
             return ""
-        host = self.account.serverhost or self._jid.domain
-        where = f"{host}:{self.account.port}" if self.account.serverhost else host
-        return f"{where} {what}: not an XMPP server (wrong host or port?)"
+        host = self.account.serverhost
+        return f"{host}:{self.account.port}" if host else self._jid.domain
 
     def _guarded(self, handler: Callable) -> Callable:
         """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
@@ -372,7 +375,9 @@ class XmppSession:
         self.connected_since = None
         if reason:
             self.last_error = str(reason)
-        self.last_error = self._not_xmpp("answered without an XMPP stream") or self.last_error
+        silent = self._silent_peer()
+        if silent:
+            self.last_error = f"{silent} closed the connection without starting an XMPP stream: not an XMPP server (wrong host or port?)"
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:

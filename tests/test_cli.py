@@ -319,5 +319,5 @@ async def test_a_port_that_does_not_speak_xmpp_is_named(tmp_path):
                 break
             await asyncio.sleep(0.05)
     assert row["state"] != "online"
-    assert row["last_error"] == (f"127.0.0.1:{port} answered without an XMPP stream: "
+    assert row["last_error"] == (f"127.0.0.1:{port} closed the connection without starting an XMPP stream: "
                                  "not an XMPP server (wrong host or port?)")
