@@ -377,7 +377,8 @@ class XmppSession:
             self.last_error = str(reason)
         silent = self._silent_peer()
         if silent:
-            self.last_error = f"{silent} closed the connection without starting an XMPP stream: not an XMPP server (wrong host or port?)"
+            self.last_error = (f"{silent} closed the connection without starting an XMPP stream: "
+                               "not an XMPP server (wrong host or port?)")
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:
