@@ -90,12 +90,15 @@ def test_no_example_suggests_originating_a_subroutine():
 @pytest.fixture(scope="module")
 def support_queue(asterisk_lab: AsteriskLab):
     """A queue named 'support', which the examples' texts count with QUEUE_WAITING_COUNT()."""
-    asterisk_lab.write_config("queues.conf", "[general]\n[support]\nstrategy = ringall\n")
+    existed = (asterisk_lab.etc_dir / "queues.conf").exists()
+    path = asterisk_lab.write_config("queues.conf", "[general]\n[support]\nstrategy = ringall\n")
     # app_queue declined to run at boot (no queues.conf then): load it again now that one exists
     asterisk_lab.rx("module unload app_queue.so")
     asterisk_lab.rx("module load app_queue.so")
     assert "support has 0 calls" in asterisk_lab.rx("queue show support")
-    return "support"
+    yield "support"
+    if not existed:
+        path.unlink(missing_ok=True)  # the next lab boots as before
 
 
 @pytest.fixture
