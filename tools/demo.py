@@ -32,12 +32,19 @@ ACCOUNT_FILE = "demo-account.conf"
 
 def account_file_text(demo: DemoServer) -> str:
     """The ``[demo]`` section: the service account on the demo server, its people as buddies."""
-    buddies = "".join(f"buddy = {jid}\n" for jid, _ in sorted(demo.users.values()))
-    return (
-        "; Written by `make run` (python -m tools.demo prepare): the demo XMPP account.\n"
-        "; Rewritten on every `make run`; delete it to leave the demo.\n"
-        + demo.account_conf(DEMO_ACCOUNT).replace("statusmessage = agi-xmpp demo\n", "statusmessage = agi-xmpp demo\n" + buddies)
-    )
+    lines = [
+        "; Written by `make run` (python -m tools.demo prepare): the demo XMPP account.",
+        "; Rewritten on every `make run`; delete it to leave the demo.",
+        f"[{DEMO_ACCOUNT}]",
+        f"username = {demo.jid}",
+        f"secret = {demo.password}",
+        f"serverhost = {demo.host}",
+        f"port = {demo.port}",
+        f"cafile = {demo.cafile}",  # the demo server's self-signed certificate
+        "statusmessage = agi-xmpp demo",
+        *(f"buddy = {jid}" for jid, _ in sorted(demo.users.values())),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def prepare(state_dir: Path, c2s_port: int = DEMO_C2S_PORT, http_port: int = DEMO_HTTP_PORT) -> DemoServer:

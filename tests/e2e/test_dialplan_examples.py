@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from lab import AsteriskLab
 from readme_blocks import fenced_blocks
-from service_harness import eventually, running_harness, service_config, settle_presence
+from service_harness import eventually, running_harness, service_config
 
 from agi_xmpp.config import make_directory_entry
 from agi_xmpp.jid import parse_jid
@@ -139,9 +139,19 @@ async def office(lab, prosody, xmpp_accounts, xmpp_client, tmp_path, support_que
 
 
 async def set_presence(svc, name: str, show: str) -> None:
-    codes = {"available": 1, "chat": 2, "away": 3, "xa": 4, "dnd": 5}
+    """Send ``show`` from ``name`` until the service reads it (re-sent while waiting: right after
+    a subscription the client's initial presence may arrive after ours)."""
+    code = {"available": 1, "chat": 2, "away": 3, "xa": 4, "dnd": 5}[show]
     presence = {} if show == "available" else {"show": show}
-    await settle_presence(svc, svc.clients[name], svc.people[name], codes[show], **presence)
+    target = parse_jid(svc.people[name])
+
+    def settled() -> bool:
+        if svc.services.presence.status("asterisk", target).code == code:
+            return True
+        svc.clients[name].send_presence(**presence)
+        return False
+
+    await eventually(settled, IO_TIMEOUT, f"{name} to read {show}")
 
 
 def gosub(lab: AsteriskLab, sub: str, exten: str = "s", arg: str = ""):
