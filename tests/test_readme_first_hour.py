@@ -19,10 +19,12 @@ report that the test asserts on.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
@@ -147,8 +149,17 @@ def _port_free(port: int) -> bool:
             return False
 
 
+def _loopback_up() -> None:
+    """``ip link set lo up`` without needing iproute2: the SIOCSIFFLAGS ioctl (netdevice(7))."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
 def _drive(tree: Path) -> dict[str, object]:
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    _loopback_up()
     commands = quick_start_commands()
     (make_run,) = commands["make_run"]
     report: dict[str, object] = {}
