@@ -25,7 +25,9 @@ databases:
 lab: system-deps
 	tests/e2e/build_lab.sh
 
+# The demo: a private Prosody and its account file (tools/demo.py), then the service. Ctrl-C stops it.
 run: system-deps $(STAMP)
+	$(BIN)/python -m tools.demo prepare $(CONFIG)
 	$(BIN)/agi-xmpp --config $(CONFIG) serve
 
 test: system-deps $(STAMP) databases lab

@@ -22,6 +22,30 @@ _ESCAPED_SEMICOLON = "\x00"  # stands in for "\;" while pyst2 splits off ';' com
 _MAX_INCLUDE_DEPTH = 10  # config.c gives up at the same depth
 _HEADER = re.compile(r"\[([^\]]*)\]\s*(?:\((.*)\))?")
 _DIRECTIVE = re.compile(r"#(\S*)\s*(.*)")
+_BROKEN = "\x00broken"  # stands for the section of a bad header: its lines are skipped
+
+
+class ConfigErrors(ConfigError):
+    """Several problems in one configuration; ``errors`` lists them in file order."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = tuple(errors)
+        first = self.errors[0]
+        super().__init__(first.reason, path=first.path, line=first.line)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def raise_collected(errors: list[ConfigError]) -> None:
+    """Raise nothing, the one error, or all of them as one ConfigErrors, in file order."""
+    files = {e.path: n for n, e in reversed(list(enumerate(errors)))}  # first appearance
+    ordered = sorted(errors, key=lambda e: (files[e.path], e.line or 0))
+    if len(ordered) == 1:
+        raise ordered[0]
+    if ordered:
+        raise ConfigErrors(ordered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +119,11 @@ def _strip_comments(line: str, depth: int) -> tuple[str, int, bool]:
 class _Reader:
     """Turns a file and everything it ``#include``s into the flat list of lines pyst2 parses."""
 
-    def __init__(self) -> None:
+    def __init__(self, errors: list[ConfigError]) -> None:
         self.lines: list[str] = []
         self.sources: list[Source] = []
         self.headers: dict[int, _Header] = {}
+        self.errors = errors  # a bad line is recorded and skipped, so every one is reported
         self._open: list[str] = []
 
     def read(self, path: str, section: str | None = None, depth: int = 0) -> str | None:
@@ -113,27 +138,37 @@ class _Reader:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
-                raise src.error("this line is not valid UTF-8") from None
+                self.errors.append(src.error("this line is not valid UTF-8"))
+                continue
             if number == 1:
                 text = text.removeprefix("\ufeff")
             if "\x00" in text:
-                raise src.error("this line contains a NUL character")
+                self.errors.append(src.error("this line contains a NUL character"))
+                continue
             text, comment_depth, opened = _strip_comments(text, comment_depth)
             if opened:
                 block_start = src
             text = text.strip()
             if not text:
                 continue
-            if text[0] == "[":
-                section = self._header(text, src)
-            elif text[0] == "#":
-                section = self._directive(text, src, section, depth)
-            elif section is None:
-                raise src.error("this line is not inside any [section]")
-            else:
-                self._emit(text, src)
+            try:
+                if text[0] == "[":
+                    section = _BROKEN  # until the header is known to be good
+                    section = self._header(text, src)
+                elif section is _BROKEN:
+                    continue  # the lines of a section whose header is wrong: already reported
+                elif text[0] == "#":
+                    section = self._directive(text, src, section, depth)
+                elif section is None:
+                    raise src.error("this line is not inside any [section]")
+                elif "=" not in text:  # pyst2 would stop at it; say it here and go on
+                    raise src.error("expected 'key = value', a [section] header or a #include")
+                else:
+                    self._emit(text, src)
+            except ConfigError as exc:
+                self.errors.append(exc)
         if comment_depth and block_start is not None:
-            raise block_start.error("block comment ';--' is never closed with '--;'")
+            self.errors.append(block_start.error("block comment ';--' is never closed with '--;'"))
         self._open.pop()
         return section
 
@@ -194,6 +229,8 @@ class _Reader:
                 inner = self.read(match_path, inner, depth + 1)
             except OSError as exc:
                 raise src.error(f"#{word}: cannot read {match_path}: {exc.strerror}") from None
+            if inner is _BROKEN:
+                inner = section
         if inner != section and section is not None:
             # config.c: after an #include the including file goes on in its own category.
             self.headers[len(self.lines)] = _Header(append=True)
@@ -212,24 +249,34 @@ class _Pyst2Lines(pyst2.Config):  # type: ignore[misc]
         self.raw_lines = self._prepared
 
 
-def read_sections(path: str) -> list[Section]:
-    """Parse ``path`` in Asterisk's dialect; sections in file order, templates resolved."""
+def read_sections(path: str, errors: list[ConfigError] | None = None) -> list[Section]:
+    """Parse ``path`` in Asterisk's dialect; sections in file order, templates resolved.
+
+    Every problem is found: with ``errors`` given they are appended to it and the sections that
+    could be read are returned (so ``config`` can check those too); without, all are raised.
+    """
     if not os.path.exists(path):
         raise ConfigError("configuration file not found", path=path)
     if os.path.isdir(path):
         raise ConfigError("is a directory, not a configuration file", path=path)
-    reader = _Reader()
+    problems: list[ConfigError] = [] if errors is None else errors
+    reader = _Reader(problems)
     try:
         reader.read(path)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=path) from None
     try:
         parsed = _Pyst2Lines(reader.lines)
-    except pyst2.ParseError as exc:
+    except pyst2.ParseError as exc:  # not expected: _Reader passes only lines pyst2 accepts
         number, reason = exc.args
-        if "name = value" in reason:
-            reason = "expected 'key = value', a [section] header or a #include"
         raise reader.sources[number - 1].error(reason) from None
+    sections = _sections(parsed, reader, problems)
+    if errors is None:
+        raise_collected(problems)
+    return sections
+
+
+def _sections(parsed: _Pyst2Lines, reader: _Reader, errors: list[ConfigError]) -> list[Section]:
 
     sections: list[Section] = []
     by_name: dict[str, Section] = {}
@@ -237,31 +284,39 @@ def read_sections(path: str) -> list[Section]:
         index = category.number - 1
         src, header = reader.sources[index], reader.headers[index]
         key = category.name.lower()
+        section = by_name.get(key)
         if header.append:
-            section = by_name.get(key)
             if section is None:
-                raise src.error(f"[{category.name}](+) adds to a section that is not defined above")
+                errors.append(src.error(
+                    f"[{category.name}](+) adds to a section that is not defined above"
+                ))  # fmt: skip
+                continue
             section.template |= header.template
-        elif key in by_name:
-            first = by_name[key].src
-            raise src.error(
+        elif section is not None:
+            first = section.src
+            errors.append(src.error(
                 f"section [{category.name}] is defined twice (first at {first}); "
                 f"use [{category.name}](+) to add to it"
-            )
+            ))  # fmt: skip
+            continue
         else:
             section = by_name[key] = Section(category.name, src, header.template, [])
             sections.append(section)
         for base_name in header.bases:
             base = by_name.get(base_name.lower())
             if base is None or base is section:
-                raise src.error(
+                errors.append(src.error(
                     f"[{category.name}] inherits from [{base_name}], which is not defined above"
-                )
+                ))  # fmt: skip
+                continue
             section.entries.extend(
                 Entry(e.key, e.name, e.value, e.src, inherited=True) for e in base.entries
             )
         for item in category.items:
-            _add_item(section, item, reader.sources[item.number - 1])
+            try:
+                _add_item(section, item, reader.sources[item.number - 1])
+            except ConfigError as exc:
+                errors.append(exc)
     return sections
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import NamedTuple, TypeVar
 
-from .conf_dialect import Entry, Section, Source, read_sections
-from .errors import DirectoryError, InvalidJid, UnknownAccount
+from .conf_dialect import ConfigErrors as ConfigErrors  # re-exported: load_config raises it
+from .conf_dialect import Entry, Section, Source, raise_collected, read_sections
+from .errors import ConfigError, DirectoryError, InvalidJid, UnknownAccount
 from .jid import parse_jid
 
 DEFAULT_CONFIG_PATH = "/etc/asterisk/agi_xmpp.conf"
@@ -195,17 +196,22 @@ class _Values:
     Keys in ``multi`` (``buddy``) add up; any other key may be set once in the section's own
     lines, and overrides what a template gave it. ``fallback`` supplies defaults from elsewhere
     (xmpp.conf's [general]), keeping their own file:line for errors.
+
+    A problem is appended to ``errors`` and the getter returns its default, so one run reports
+    every problem of a file (``check-config``), not only the first.
     """
 
     def __init__(
         self,
         section: Section,
         allowed: Iterable[str],
+        errors: list[ConfigError],
         *,
         multi: frozenset[str] = frozenset(),
         fallback: Mapping[str, Entry] | None = None,
     ) -> None:
         self.section = section
+        self.errors = errors
         self.single: dict[str, Entry] = dict(fallback or {})
         self.multi: dict[str, list[Entry]] = {}
         allowed = sorted(allowed)
@@ -214,35 +220,41 @@ class _Values:
             if entry.key not in allowed:
                 hint = difflib.get_close_matches(entry.key, allowed, n=1)
                 suffix = f" (did you mean '{hint[0]}'?)" if hint else ""
-                raise entry.src.error(f"unknown key '{entry.name}' in [{section.name}]{suffix}")
-            if entry.key in multi:
+                self.fail(entry.src, f"unknown key '{entry.name}' in [{section.name}]{suffix}")
+            elif entry.key in multi:
                 self.multi.setdefault(entry.key, []).append(entry)
             elif entry.inherited:
                 if entry.key not in own:
                     self.single[entry.key] = entry
             elif entry.key in own:
                 first = own[entry.key].src
-                raise entry.src.error(
-                    f"'{entry.name}' is set twice in [{section.name}] (first at {first})"
+                self.fail(
+                    entry.src, f"'{entry.name}' is set twice in [{section.name}] (first at {first})"
                 )
             else:
                 own[entry.key] = self.single[entry.key] = entry
+
+    def fail(self, src: Source, reason: str) -> None:
+        self.errors.append(src.error(reason))
 
     def text(self, key: str, default: str | None = None) -> str | None:
         entry = self.single.get(key)
         return entry.value if entry is not None and entry.value else default
 
     def required(self, key: str) -> str:
+        """The value of ``key``; "" (and an error) when it is missing or empty."""
         entry = self.single.get(key)
         if entry is None or not entry.value:
             where = entry.src if entry is not None else self.section.src
-            raise where.error(f"[{self.section.name}] needs '{key}'")
+            self.fail(where, f"[{self.section.name}] needs '{key}'")
+            return ""
         return entry.value
 
     def _get(self, key: str) -> Entry | None:
         entry = self.single.get(key)
         if entry is not None and not entry.value:
-            raise entry.src.error(f"'{entry.name}' needs a value")
+            self.fail(entry.src, f"'{entry.name}' needs a value")
+            return None
         return entry
 
     def boolean(self, key: str, default: bool) -> bool:
@@ -252,7 +264,8 @@ class _Values:
         word = entry.value.lower()
         if word in _TRUE or word in _FALSE:
             return word in _TRUE
-        raise entry.src.error(f"'{entry.name}' must be yes or no, not {entry.value!r}")
+        self.fail(entry.src, f"'{entry.name}' must be yes or no, not {entry.value!r}")
+        return default
 
     def integer(self, key: str, default: int, low: int, high: int) -> int:
         entry = self._get(key)
@@ -260,9 +273,11 @@ class _Values:
             return default
         number = int(entry.value) if re.fullmatch(r"[+-]?[0-9]+", entry.value) else None
         if number is None or not low <= number <= high:
-            raise entry.src.error(
-                f"'{entry.name}' must be a whole number from {low} to {high}, not {entry.value!r}"
+            self.fail(
+                entry.src,
+                f"'{entry.name}' must be a whole number from {low} to {high}, not {entry.value!r}",
             )
+            return default
         return number
 
     def choice(self, key: str, default: str, choices: Mapping[str, str]) -> str:
@@ -272,13 +287,14 @@ class _Values:
         word = entry.value.lower()
         if word not in choices:
             allowed = ", ".join(dict.fromkeys(choices.values()))
-            raise entry.src.error(f"'{entry.name}' must be one of {allowed}, not {entry.value!r}")
+            self.fail(entry.src, f"'{entry.name}' must be one of {allowed}, not {entry.value!r}")
+            return default
         return choices[word]
 
     def converted(
         self, key: str, default: _D, convert: Callable[[str], _T], *, optional: bool = False
     ) -> _T | _D:
-        """``convert(value)`` raising ValueError(reason) becomes a ConfigError at the key's line.
+        """``convert(value)`` raising ValueError(reason) becomes an error at the key's line.
 
         ``optional``: an empty value means the default instead of an error.
         """
@@ -286,11 +302,13 @@ class _Values:
         if entry is None or (optional and not entry.value):
             return default
         entry = self._get(key)  # an empty value is an error from here on
-        assert entry is not None
+        if entry is None:
+            return default
         try:
             return convert(entry.value)
         except ValueError as exc:
-            raise entry.src.error(f"'{entry.name}': {exc}") from None
+            self.fail(entry.src, f"'{entry.name}': {exc}")
+            return default
 
     def path(self, key: str, default: _D, base_dir: str) -> str | _D:
         value = self.text(key)
@@ -455,8 +473,10 @@ _POLICY = {"accept": "accept", "deny": "deny"}
 _ACCOUNT_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+\-]*")
 
 
-def _build_general(section: Section, base_dir: str) -> tuple[GeneralConfig, _Values]:
-    v = _Values(section, _GENERAL_KEYS)
+def _build_general(
+    section: Section, base_dir: str, errors: list[ConfigError]
+) -> tuple[GeneralConfig, _Values]:
+    v = _Values(section, _GENERAL_KEYS, errors)
     state_dir = v.path("state_dir", DEFAULT_STATE_DIR, base_dir)
     general = GeneralConfig(
         agi_bind=v.converted("agi_bind", DEFAULT_AGI_BIND, lambda s: parse_bind(s, 4573)),
@@ -496,8 +516,8 @@ def _parse_hosts(text: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def _build_ami(section: Section, base_dir: str) -> AmiConfig:
-    v = _Values(section, _AMI_KEYS)
+def _build_ami(section: Section, base_dir: str, errors: list[ConfigError]) -> AmiConfig:
+    v = _Values(section, _AMI_KEYS, errors)
     return AmiConfig(
         host=v.converted("host", "127.0.0.1", _no_space("host")),
         port=v.integer("port", 5038, 1, 65535),
@@ -510,21 +530,23 @@ def _build_ami(section: Section, base_dir: str) -> AmiConfig:
     )
 
 
-def _build_directory(section: Section) -> tuple[DirectoryEntry, ...]:
+def _build_directory(section: Section, errors: list[ConfigError]) -> tuple[DirectoryEntry, ...]:
     entries: dict[str, DirectoryEntry] = {}
     own: dict[str, Source] = {}
     for entry in section.entries:  # inherited entries come first; the section's own win
         try:
             parsed = parse_directory_value(entry.name, entry.value)
         except DirectoryError as exc:
-            raise entry.src.error(f"directory entry '{entry.name}': {exc}") from None
+            errors.append(entry.src.error(f"directory entry '{entry.name}': {exc}"))
+            continue
         if not entry.inherited:
             if parsed.extension in own:
                 first = own[parsed.extension]
-                raise entry.src.error(
+                errors.append(entry.src.error(
                     f"extension {parsed.extension} is listed twice in [directory] "
                     f"(first at {first})"
-                )
+                ))  # fmt: skip
+                continue
             own[parsed.extension] = entry.src
         elif parsed.extension in own:
             continue
@@ -558,6 +580,23 @@ def _account_warnings(v: _Values) -> list[str]:
     return [f"{src}: [{v.section.name}] {text}" for src, text in notes]
 
 
+def _username_problem(username: str, serverhost: str | None) -> str | None:
+    """Why ``username`` cannot be an account's JID, with the likely fix; None when it can."""
+    try:
+        check_jid(username)
+    except ValueError as exc:
+        if username and "@" not in username and "/" not in username:
+            # Vendor xmpp.conf files often hold the bare user name; the JID needs the domain.
+            domain = serverhost or "example.com"
+            return (
+                f"'username': {exc}: a JID needs its domain, e.g. username = "
+                f"{username}@{domain}"
+                + ("" if serverhost else " (the XMPP domain of the account)")
+            )
+        return f"'username': {exc}"
+    return None
+
+
 def _build_account(
     section: Section,
     *,
@@ -565,10 +604,12 @@ def _build_account(
     ours: bool,
     defaults: Mapping[str, Entry],
     warnings: list[str],
+    errors: list[ConfigError],
 ) -> AccountConfig | None:
-    """An account from a client section; None (with a warning) for a component."""
+    """An account from a client section; None for a component (with a warning) or on errors."""
     allowed = _CLIENT_KEYS | _CLIENT_IGNORED.keys() | (_OUR_ACCOUNT_KEYS if ours else frozenset())
-    v = _Values(section, allowed, multi=frozenset({"buddy"}), fallback=defaults)
+    before = len(errors)
+    v = _Values(section, allowed, errors, multi=frozenset({"buddy"}), fallback=defaults)
     kind = v.choice("type", "client", {"client": "client", "component": "component"})
     if kind == "component":
         warnings.append(f"{section.src}: [{section.name}] is an XMPP component (type=component), "
@@ -576,20 +617,19 @@ def _build_account(
         return None
     name = section.name.lower()
     if name in RESERVED_SECTIONS:
-        raise section.src.error(f"[{section.name}] is reserved and cannot be an account name")
-    if not _ACCOUNT_NAME.fullmatch(name):
-        raise section.src.error(
-            f"account name [{section.name}] cannot be used as an ACCOUNT argument: "
-            "use letters, digits and _ . + -"
-        )
+        v.fail(section.src, f"[{section.name}] is reserved and cannot be an account name")
+    elif not _ACCOUNT_NAME.fullmatch(name):
+        v.fail(section.src, f"account name [{section.name}] cannot be used as an ACCOUNT "
+                            "argument: use letters, digits and _ . + -")  # fmt: skip
     if v.text("refresh_token") and not v.text("secret"):
-        raise section.src.error(f"[{section.name}] uses OAuth (refresh_token), which agi-xmpp "
-                                "does not support: set 'secret'")  # fmt: skip
+        v.fail(section.src, f"[{section.name}] uses OAuth (refresh_token), which agi-xmpp "
+                            "does not support: set 'secret'")  # fmt: skip
+    serverhost = v.converted("serverhost", None, _no_space("serverhost"), optional=True)
     username = v.required("username")
-    try:
-        check_jid(username)
-    except ValueError as exc:
-        raise v.single["username"].src.error(f"'username': {exc}") from None
+    if username:
+        problem = _username_problem(username, serverhost)
+        if problem:
+            v.fail(v.single["username"].src, problem)
     warnings.extend(_account_warnings(v))
     buddies: dict[str, str] = {}
     for entry in v.multi.get("buddy", []):
@@ -598,21 +638,22 @@ def _build_account(
                 try:
                     buddies.setdefault(check_jid(item, bare=True), item)
                 except ValueError as exc:
-                    raise entry.src.error(f"'buddy': {exc}") from None
+                    v.fail(entry.src, f"'buddy': {exc}")
     user_resource = username.partition("/")[2]
     resource = v.text("resource") if ours else None
     if resource and user_resource and resource != user_resource:
-        raise v.single["resource"].src.error(
-            f"resource {resource!r} contradicts the resource in username {username!r}"
+        v.fail(
+            v.single["resource"].src,
+            f"resource {resource!r} contradicts the resource in username {username!r}",
         )
     cafile = v.path("cafile", None, base_dir) if ours else None
     if cafile is not None and not os.path.isfile(cafile):
-        raise v.single["cafile"].src.error(f"cafile not found: {cafile}")
-    return AccountConfig(
+        v.fail(v.single["cafile"].src, f"cafile not found: {cafile}")
+    account = AccountConfig(
         name=name,
         username=username,
         secret=v.required("secret"),
-        serverhost=v.converted("serverhost", None, _no_space("serverhost"), optional=True),
+        serverhost=serverhost,
         port=v.integer("port", 5222, 1, 65535),
         priority=v.integer("priority", 1, -128, 127),
         status=v.choice("status", "available", _STATUS),
@@ -630,23 +671,28 @@ def _build_account(
         cafile=cafile,
         resource=resource or "",
     )
+    return account if len(errors) == before else None
 
 
 def parse_xmpp_conf(
-    path: str | os.PathLike[str], warnings: list[str] | None = None
+    path: str | os.PathLike[str],
+    warnings: list[str] | None = None,
+    errors: list[ConfigError] | None = None,
 ) -> dict[str, AccountConfig]:
     """The client accounts of a res_xmpp ``xmpp.conf``; its [general] gives their defaults.
 
     Things res_xmpp accepts that agi-xmpp ignores are appended to ``warnings`` when given.
+    Problems are appended to ``errors`` when given, else raised (all of them) at the end.
     """
     path = os.fspath(path)
     sink: list[str] = [] if warnings is None else warnings
+    problems: list[ConfigError] = [] if errors is None else errors
     base_dir = os.path.dirname(os.path.abspath(path))
-    sections = [s for s in read_sections(path) if not s.template]
+    sections = [s for s in read_sections(path, problems) if not s.template]
     defaults: dict[str, Entry] = {}
     for section in sections:
         if section.name.lower() == "general":
-            general = _Values(section, _XMPP_GENERAL_KEYS)
+            general = _Values(section, _XMPP_GENERAL_KEYS, problems)
             general.boolean("autoprune", False)  # checked here so errors point at [general]
             general.boolean("autoregister", True)
             general.choice("auth_policy", "accept", _POLICY)
@@ -663,63 +709,80 @@ def parse_xmpp_conf(
     for section in sections:
         if section.name.lower() != "general":
             account = _build_account(
-                section, base_dir=base_dir, ours=False, defaults=defaults, warnings=sink
-            )
+                section, base_dir=base_dir, ours=False, defaults=defaults, warnings=sink,
+                errors=problems,
+            )  # fmt: skip
             if account is not None:
                 accounts[account.name] = account
+    if errors is None:
+        raise_collected(problems)
     return accounts
 
 
 def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
-    """Read and check ``path``; raises ConfigError naming file, line and reason."""
+    """Read and check ``path``; raises ConfigError naming file, line and reason.
+
+    Every problem of the file is found before raising: one problem is raised as itself, more
+    as one ``ConfigErrors`` listing them all (what ``check-config`` prints).
+    """
     path = os.fspath(path)
     base_dir = os.path.dirname(os.path.abspath(path))
     warnings: list[str] = []
+    errors: list[ConfigError] = []
     general, general_values = GeneralConfig(), None
     ami: AmiConfig | None = None
     directory: tuple[DirectoryEntry, ...] = ()
     accounts: dict[str, AccountConfig] = {}
     origin: dict[str, Source] = {}
-    for section in read_sections(path):
+    for section in read_sections(path, errors):
         kind = section.name.lower()
         if section.template:
             continue
         if kind == "general":
-            general, general_values = _build_general(section, base_dir)
+            general, general_values = _build_general(section, base_dir, errors)
         elif kind == "ami":
-            ami = _build_ami(section, base_dir)
+            ami = _build_ami(section, base_dir, errors)
         elif kind == "directory":
-            directory = _build_directory(section)
+            directory = _build_directory(section, errors)
         else:
             account = _build_account(
-                section, base_dir=base_dir, ours=True, defaults={}, warnings=warnings
-            )
+                section, base_dir=base_dir, ours=True, defaults={}, warnings=warnings,
+                errors=errors,
+            )  # fmt: skip
             if account is not None:
                 accounts[account.name] = account
                 origin[account.name] = section.src
+            elif section.name.lower() not in RESERVED_SECTIONS:
+                origin[section.name.lower()] = section.src  # named, even if broken
 
     if general.xmpp_conf is not None:
         assert general_values is not None
         src = general_values.single["xmpp_conf"].src
         if not os.path.isfile(general.xmpp_conf):
-            raise src.error(f"xmpp_conf: file not found: {general.xmpp_conf}")
-        for name, account in parse_xmpp_conf(general.xmpp_conf, warnings).items():
-            if name in accounts:
-                raise src.error(
-                    f"account [{name}] in {general.xmpp_conf} is also defined at {origin[name]}"
-                )
-            accounts[name] = account
+            errors.append(src.error(f"xmpp_conf: file not found: {general.xmpp_conf}"))
+        else:
+            imported = parse_xmpp_conf(general.xmpp_conf, warnings, errors)
+            for name, account in imported.items():
+                if name in origin:
+                    errors.append(src.error(
+                        f"account [{name}] in {general.xmpp_conf} is also defined at "
+                        f"{origin[name]}"
+                    ))  # fmt: skip
+                else:
+                    accounts[name] = account
 
     if general.default_account is not None and general.default_account not in accounts:
         assert general_values is not None
-        raise general_values.single["default_account"].src.error(
-            f"default_account '{general.default_account}' names no configured account"
-        )
+        if general.default_account not in origin:  # a broken account section is reported already
+            errors.append(general_values.single["default_account"].src.error(
+                f"default_account '{general.default_account}' names no configured account"
+            ))  # fmt: skip
     if not general.http_bind.is_loopback and not general.http_token:
         assert general_values is not None
-        raise general_values.single["http_bind"].src.error(
+        errors.append(general_values.single["http_bind"].src.error(
             f"http_bind {general.http_bind} is not a loopback address: set http_token too"
-        )
+        ))  # fmt: skip
+    raise_collected(errors)
     return Config(path, general, accounts, ami, directory, tuple(warnings))
 
 

@@ -145,6 +145,7 @@ class XmppSession:
         self.reconnects = 0
         self._stopping = False
         self._attempt: asyncio.Future[bool] | None = None
+        self._tcp_connected = False  # this attempt reached the server's port
         self._link_down = asyncio.Event()
         self._rooms: dict[str, _Room] = {}
         self._unconfirmed: list[str] = []
@@ -221,13 +222,19 @@ class XmppSession:
         host = self.account.serverhost
         port = self.account.port if host else None
         self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
+        self._tcp_connected = False
         self._client.connect(host, port) if host else self._client.connect()
         try:
             async with asyncio.timeout(self._negotiation_timeout):
                 await self._attempt
             return True
         except (TimeoutError, ConnectionError) as exc:
-            self.last_error = str(exc) or "stream negotiation timed out"
+            silent = self._silent_peer() if isinstance(exc, TimeoutError) else ""
+            if silent:  # a hung XMPP server, or something else that accepts and says nothing
+                self.last_error = (f"stream negotiation timed out: {silent} sent no XMPP stream "
+                                   f"within {self._negotiation_timeout:g} s (is it an XMPP server?)")
+            else:
+                self.last_error = str(exc) or "stream negotiation timed out"
             self.log.warning("xmpp_connect_failed", error=self.last_error)
             self._client.cancel_connection_attempt()
             self._client.abort()
@@ -278,9 +285,26 @@ class XmppSession:
             "presence": self._on_presence,
             "message": self._on_message,
         }
+        handlers["connected"] = self._on_tcp_connected
         for event, handler in handlers.items():
             client.add_event_handler(event, self._guarded(handler))
         return client
+
+    def _on_tcp_connected(self, _event: object) -> None:
+        # The server's stream header sets stream_id: a peer that never sends one is not an XMPP
+        # server (an HTTP or SSH port, a wrong port number), which "disconnected" would hide.
+        self._tcp_connected = True
+        if self._client is not None:
+            self._client.stream_id = None
+
+    def _silent_peer(self) -> str:
+        """``host:port`` when this attempt reached a peer that sent no XMPP stream, else ""."""
+        if self._attempt is None or not self._tcp_connected or self._client is None:
+            return ""
+        if self._client.stream_id is not None:
+            return ""
+        host = self.account.serverhost
+        return f"{host}:{self.account.port}" if host else self._jid.domain
 
     def _guarded(self, handler: Callable) -> Callable:
         """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
@@ -351,6 +375,10 @@ class XmppSession:
         self.connected_since = None
         if reason:
             self.last_error = str(reason)
+        silent = self._silent_peer()
+        if silent:
+            self.last_error = (f"{silent} closed the connection without starting an XMPP stream: "
+                               "not an XMPP server (wrong host or port?)")
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 
 from bench import loadgen
 from bench.peer import Peer

@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from agi_xmpp.local_prosody import LocalProsody, LocalProsodyError
+from tools.local_prosody import LocalProsody, LocalProsodyError
 from xmpp_client import XmppTestClient
 
 # -- fixtures ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 from agi_xmpp.agi_server import AgiServer
 from agi_xmpp.http_api import start_http
 from agi_xmpp.config import AccountConfig, BindAddress, Config, DirectoryEntry, GeneralConfig
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 from agi_xmpp.scripts import registry
 from agi_xmpp.services import Services, running_services
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 from fake_asterisk import CallResult, agi_call
 
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 
 SERVICE_BIN = Path(sys.executable).with_name("agi-xmpp")
 

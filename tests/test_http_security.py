@@ -181,7 +181,8 @@ async def test_token_file_is_private_and_kept_across_starts(tmp_path):
 async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
     """`agi-xmpp send` finds the token in state_dir without being told; `show connections` too."""
     conf = tmp_path / "agi_xmpp.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {api.state_dir}\n")
+    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {api.state_dir}\n"
+                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi", "there"])
     assert code == 0, capsys.readouterr().err
     assert api.pool.sent == [("asterisk", "bob@example.com", "hi there")]
@@ -191,7 +192,8 @@ async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
 async def test_cli_without_the_token_file_says_why(api, tmp_path, capsys):
     """A CLI whose state_dir holds no token (another user's, or wrong config) says so plainly."""
     conf = tmp_path / "other.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {tmp_path / 'elsewhere'}\n")
+    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {tmp_path / 'elsewhere'}\n"
+                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi"])
     assert code == 1
     assert "no HTTP API token" in capsys.readouterr().err

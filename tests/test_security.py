@@ -40,7 +40,7 @@ from agi_xmpp.config import (
     load_config,
 )
 from agi_xmpp.http_api import make_app
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 from agi_xmpp.services import Services
 
 TOKEN = "tok-" + secrets.token_urlsafe(16)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agi_xmpp.errors import AgiXmppError
-from agi_xmpp.local_prosody import ensure_demo, stop_demo
+from tools.local_prosody import ensure_demo, stop_demo
 from agi_xmpp.state_files import ensure_private_dir, ensure_token, read_token
 from agi_xmpp.storage import Storage
 from service_process import free_port

@@ -14,7 +14,7 @@ from typing import Any
 from slixmpp import ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 
 
 LOOPBACK = "127.0.0.1"

@@ -26,7 +26,7 @@ from structlog.testing import capture_logs
 from xmpp_client import ReceivedMessage, XmppTestClient
 
 from agi_xmpp.config import Config
-from agi_xmpp.local_prosody import LocalProsody
+from tools.local_prosody import LocalProsody
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from agi_xmpp.local_prosody import LocalProsody, LocalProsodyError, ensure_demo, stop_demo
+from tools.local_prosody import LocalProsody, LocalProsodyError, ensure_demo, stop_demo
 
 from xmpp_client import XmppConnectError, XmppTestClient  # tests/integration is on sys.path (rootdir-relative "prepend" import)
 
@@ -225,7 +225,7 @@ def test_leftover_from_crashed_run_is_killed_on_start(tmp_path: Path) -> None:
     """A Prosody left running on the same workdir by a dead process is killed on start()."""
     c2s, http = _free_port(), _free_port()
     script = (
-        "import sys; from agi_xmpp.local_prosody import LocalProsody; "
+        "import sys; from tools.local_prosody import LocalProsody; "
         f"p = LocalProsody(sys.argv[1], c2s_port={c2s}, http_port={http}, detach=True); "
         "p.start(); print(p.pid)"
     )
