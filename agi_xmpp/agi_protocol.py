@@ -1,14 +1,16 @@
-"""Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11.
+"""Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11 and websockets.
 
-Feed what the socket gave with ``receive_data(bytes)`` (``b""`` is EOF), take events with
-``next_event()`` until it returns ``NEED_DATA``, and write what ``send_command()`` returns. Nothing
-here does I/O or knows about time: deadlines live in ``agi_server``.
+Feed what the socket gave with ``receive_data(bytes)`` (``b""`` is EOF) and take events with
+``next_event()`` until it returns ``NEED_DATA``; ask for commands with ``send_commands()`` (or
+``send_command()`` for one) and write whatever ``data_to_send()`` returns, after every call of
+either kind. Nothing here does I/O or knows about time: deadlines live in ``agi_server``.
 
 Theory of operation
 -------------------
 States (``AgiConnection.state``)::
 
-    ENV ──empty line──> IDLE ──send_command()──> WAITING ──"200"/"510"/"511"/"520 "──> IDLE
+    ENV ──empty line──> IDLE ──send_commands()──> WAITING ──reply, none queued──> IDLE
+                         │                         │  ├──reply, more queued: next line out, WAITING
                          │                         │  └──"520-"──> USAGE ──"520 "──> IDLE
                          │                         └── "100 ..." swallowed, stay WAITING
                          └── send_failure() ──> IDLE, and no command may follow
@@ -19,21 +21,24 @@ States (``AgiConnection.state``)::
   ``res/res_agi.c``), preceded by ``agi_network: yes`` and ``agi_network_script: SCRIPT?QUERY``
   (``launch_netscript``). The block becomes one ``Request``; its ``env`` is parsed in full only
   if read. Bytes that are not UTF-8 become U+FFFD. Over ``max_env_bytes`` is an error.
-* IDLE/WAITING/USAGE: one command at a time. A ``200 result=X [(data)] [endpos=N]`` line is a
-  ``Response``; ``510``/``511``/``520`` are ``CommandFailed``; a ``520-`` block is read up to
-  its ``520 End of proper usage.`` line; ``100`` lines mean "keep reading".
+* IDLE/WAITING/USAGE: one command on the wire at a time. ``send_commands()`` checks every line
+  it is given before any goes out, then this object sends each as the previous one is answered:
+  a ``Response`` (``200``, or ``511`` for a dead channel) lets the next line out; a
+  ``CommandFailed`` (``510``/``520``: our bug) drops the rest. A ``520-`` block is read up to its
+  ``520 End of proper usage.`` line; ``100`` lines mean "keep reading".
 * A ``HANGUP`` line is a notice, never a reply: ``run_agi`` writes it at the top of its loop when
   it sees the hangup, i.e. before a reply, between replies, or instead of one (the command we sent
   may be answered ``511`` on the dead channel afterwards). It yields ``HangupNotice`` in every
   state but ENV; in ENV it is remembered and yielded right after the ``Request``.
 * Any other line while no command is in flight is the peer's fault.
-* EOF anywhere is a clean end: a partial line or a partial environment block is dropped.
+* EOF anywhere is a clean end: a partial line or a partial environment block is dropped, and
+  so are commands still queued.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -117,7 +122,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
-    """A ``200 result=...`` reply (``code`` 511 only when ``agi_server`` reports a dead channel)."""
+    """A ``200 result=...`` reply, or a ``511`` (the command did not run: ``result`` ``"-1"``)."""
 
     code: int = 200
     result: str
@@ -128,7 +133,7 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class CommandFailed:
-    """``510`` unknown command, ``511`` dead channel, ``520`` bad syntax (``usage``: ``520-``)."""
+    """``510`` unknown command or ``520`` bad syntax (``usage``: the ``520-`` block): our bug."""
 
     code: int
     text: str
@@ -148,7 +153,6 @@ class EndOfStream:
 Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
 
 
-_LIMITS: dict[str, int] = {}  # agi_version -> line limit (one Asterisk has one version)
 # verbs already checked -> (the verb and an opening quote, how many arguments it may take)
 _VERB_PREFIXES: dict[str, tuple[str, int]] = {}
 
@@ -314,7 +318,7 @@ class AgiConnection:
 
     __slots__ = ("max_env_bytes", "max_reply_bytes", "state", "request", "line_limit",
                  "hangup_seen", "failure_sent", "_buf", "_pos", "_scan", "_eof",
-                 "_hangup_queued", "_usage", "_error")
+                 "_hangup_queued", "_usage", "_error", "_queued", "_out")
 
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
@@ -331,6 +335,8 @@ class AgiConnection:
         self._hangup_queued = False  # a HANGUP line inside the env block, due after the Request
         self._usage: list[str] = []  # a 520- block being read
         self._error = ""
+        self._queued: list[bytes] | tuple[()] = ()  # lines of this send after the one on the wire
+        self._out = b""  # for data_to_send()
 
     def __repr__(self) -> str:
         return f"<AgiConnection {self.state.value} buffered={len(self._buf) - self._pos}>"
@@ -356,36 +362,6 @@ class AgiConnection:
         buf += data
         self._buf = buf
 
-    def receive_reply(self, data: bytes) -> Response | None:
-        """``receive_data(data)`` and ``next_event()`` in one call, for the usual case only.
-
-        When ``data`` is exactly one whole ``200 result=...`` line answering the command in
-        flight, with nothing else buffered, it is consumed and its ``Response`` returned (the
-        state is what the general path leaves). Otherwise nothing is consumed and the result is
-        None: feed the same bytes to ``receive_data()``. One reply per read is what Asterisk
-        sends almost always, so this saves the general path's bookkeeping on most reads.
-        """
-        if self.state is not _WAITING or self._pos < len(self._buf) or self._eof:
-            return None
-        response = _PLAIN_REPLIES.get(data) if type(data) is bytes else None
-        if response is None:
-            if (data[-1:] != b"\n" or data[:11] != b"200 result=" or type(data) is not bytes
-                    or data.find(b"\n") != len(data) - 1 or len(data) > self.max_reply_bytes):
-                return None
-            response = _parse_result(data[:-1].decode("utf-8", "replace"))
-            if response.data is None and len(_PLAIN_REPLIES) < 64:
-                _PLAIN_REPLIES[data] = response
-        self.state = _IDLE
-        return response
-
-    def drained(self) -> bool:
-        """True when ``next_event()`` can only return ``NEED_DATA`` until more bytes arrive.
-
-        Everything received is parsed, no event is due and the peer has not closed: the I/O
-        layer skips that last call after the usual one-line reply (one call in two)."""
-        return (self._pos >= len(self._buf) and not self._eof and not self._hangup_queued
-                and self.state is not _ENV)
-
     def next_event(self) -> Event | _NeedData:
         """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
         if self._hangup_queued:
@@ -400,23 +376,21 @@ class AgiConnection:
             raise RemoteProtocolError(self._error)
         buf = self._buf
         while True:
-            nl = buf.find(b"\n", self._pos)
+            pos = self._pos
+            nl = buf.find(b"\n", pos)
             if nl < 0:
-                if len(buf) - self._pos > self.max_reply_bytes:
+                if len(buf) - pos > self.max_reply_bytes:
                     self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
                 if self._eof:
                     self.state = _CLOSED
+                    self._queued = ()
                     return EndOfStream()
                 return NEED_DATA
-            if nl - self._pos > self.max_reply_bytes:
+            if nl - pos > self.max_reply_bytes:
                 self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-            line = buf[self._pos : nl].decode("utf-8", "replace")
+            line = buf[pos:nl].decode("utf-8", "replace")
             self._pos = nl + 1
-            if state is _WAITING and line[:11] == "200 result=":  # the usual reply
-                self.state = _IDLE
-                return _parse_result(line)
             event = self._on_line(line)
-            state = self.state
             if event is not None:
                 return event
 
@@ -447,12 +421,7 @@ class AgiConnection:
             self._pos = end + 1
         request, hangup = _make_request(block)
         self.request = request
-        limit = _LIMITS.get(request.agi_version)
-        if limit is None:
-            limit = line_limit_for(request.agi_version)
-            if len(_LIMITS) < 64:
-                _LIMITS[request.agi_version] = limit
-        self.line_limit = limit
+        self.line_limit = line_limit_for(request.agi_version)
         self.state = _IDLE
         if hangup:
             self.hangup_seen = True
@@ -460,67 +429,102 @@ class AgiConnection:
         return request
 
     def _on_line(self, line: str) -> Event | None:
-        if line == "HANGUP":
-            self.hangup_seen = True
-            return HangupNotice()
+        """One whole line after the environment block: an event, or None to keep reading."""
         state = self.state
         if state is _WAITING:
+            if line[:11] == "200 result=":
+                return self._answered(_parse_result(line))
             code = line[:4]
-            if code == "200 ":  # "200 result=" took the fast path in next_event()
-                self._fail(f"malformed 200 reply {_brief(line)}")
+            if code == "511 ":  # res_agi.c: the command did not run (dead channel, intercept)
+                return self._answered(Response(code=511, result="-1", raw=line))
+            if code == "510 " or code == "520 ":
+                return self._answered(CommandFailed(int(line[:3]), line[4:]))
             if code == "100 " or code == "100-":  # "100 Trying...": keep reading
                 return None
-            if code in ("510 ", "511 ", "520 "):
-                self.state = _IDLE
-                return CommandFailed(int(line[:3]), line[4:])
             if code == "520-":
                 self.state = _USAGE
                 self._usage = [line[4:]]
                 return None
-            self._fail(f"unexpected reply {_brief(line)}")
-        if state is _USAGE:
+        elif state is _USAGE:
             if line[:4] == "520 ":  # res_agi.c: "520 End of proper usage."
                 first, *usage = self._usage
                 self._usage = []
-                self.state = _IDLE
-                return CommandFailed(520, first, "\n".join(usage))
-            self._usage.append(line)
-            return None
+                return self._answered(CommandFailed(520, first, "\n".join(usage)))
+            if line != "HANGUP":
+                self._usage.append(line)
+                return None
+        if line == "HANGUP":
+            self.hangup_seen = True
+            return HangupNotice()
+        if state is _WAITING:
+            self._fail(f"unexpected reply {_brief(line)}")
         self._fail(f"unexpected line with no command in flight: {_brief(line)}")
         return None  # not reached
+
+    def _answered(self, reply: Response | CommandFailed) -> Response | CommandFailed:
+        """The one place a reply ends the wait: the next queued line goes out, or none does."""
+        queued = self._queued
+        if not queued:
+            self.state = _IDLE
+        elif type(reply) is Response:
+            self._out += queued.pop()
+        else:  # 510/520: our bug; the rest of the send would only repeat it
+            self._queued = ()
+            self.state = _IDLE
+        return reply
 
     def _fail(self, message: str) -> None:
         self.state = _ERROR
         self._error = message
+        self._queued = ()
         raise RemoteProtocolError(message)
 
     # --- output ----------------------------------------------------------------------------
 
-    def send_command(self, verb: str, *args: str) -> bytes:
-        """Return the bytes of one command line with every argument quoted.
+    def send_command(self, verb: str, *args: str) -> None:
+        """``send_commands([(verb, *args)])``: one command, every argument quoted."""
+        self.send_commands(((verb, *args),))
 
-        Raises ``LocalProtocolError`` (nothing to send) for NUL/CR/LF, a line longer than this
-        Asterisk reads whole, too many words, or when the previous command is still unanswered.
+    def send_commands(self, commands: Sequence[Sequence[str]]) -> None:
+        """Send ``(verb, *args)`` commands in order, each once the previous one is answered.
+
+        Every line is checked before the first goes out: ``LocalProtocolError`` (nothing sent)
+        for NUL/CR/LF, a line longer than this Asterisk reads whole, too many words, a bad
+        verb, or when a command is already in flight. Each reply is an event; the state is
+        ``IDLE`` again once the last is answered or a ``510``/``520`` dropped the rest.
         """
         if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
-        data = self.encode_command(verb, *args)
+        lines = [self._encode(command) for command in commands]
+        if not lines:
+            return
+        lines.reverse()  # popped from the end, in order
+        self._out += lines.pop()
+        self._queued = lines
         self.state = _WAITING
-        return data
 
-    def send_encoded(self, data: bytes) -> bytes:
-        """``send_command()`` for a line ``encode_command()`` already made and checked."""
-        if self.state is not _IDLE or self.failure_sent:
-            self._check_can_send()
-        self.state = _WAITING
-        return data
+    def send_failure(self) -> None:
+        """Send the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
 
-    def encode_command(self, verb: str, *args: str) -> bytes:
-        """The line ``send_command(verb, *args)`` would send, checked, without sending it.
-
-        For commands that go out one after another (``send_encoded``): all of them are checked
-        before the first leaves. Raises ``LocalProtocolError`` as ``send_command`` does.
+        res_agi.c run_agi(): a line read from the script that starts with "failure"
+        (strncasecmp, 7 chars; "Special case for inability to execute child process") sets
+        AGI_RESULT_FAILURE and leaves the loop; agi_exec_full() then sets AGISTATUS=FAILURE and
+        returns 0, so the dialplan goes on and the caller is not hung up. Merely closing the
+        socket reads as "Program terminated" and leaves AGISTATUS=SUCCESS.
         """
+        self._check_can_send()
+        self.failure_sent = True
+        self._out += FAILURE_LINE
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write now (``b""`` when there are none); each is returned once."""
+        data = self._out
+        self._out = b""
+        return data
+
+    def _encode(self, command: Sequence[str]) -> bytes:
+        """The one encoder: ``verb "arg" "arg"...\\n``, checked against Asterisk's limits."""
+        verb, *args = command
         prefix = _VERB_PREFIXES.get(verb)
         if prefix is None:
             prefix = _verb_prefix(verb)
@@ -547,39 +551,6 @@ class AgiConnection:
             )
         return data
 
-    def encode_set_variables(self, variables: Mapping[str, str]) -> list[bytes]:
-        """``encode_command("SET VARIABLE", name, value)`` for each pair, names checked too.
-
-        The same bytes, made without the general path for the usual value (printable, nothing
-        to escape); ``LocalProtocolError`` for a bad name or an unsendable value, before any
-        line is returned.
-        """
-        lines = []
-        limit = self.line_limit
-        for name, value in variables.items():
-            if name not in _GOOD_NAMES:
-                check_variable_name(name)  # a valid name needs no escaping
-            if value.isprintable() and '"' not in value and "\\" not in value:
-                line = ('SET VARIABLE "' + name + '" "' + value + '"\n').encode()
-                if len(line) <= limit:
-                    lines.append(line)
-                    continue
-            lines.append(self.encode_command("SET VARIABLE", name, value))  # or its error
-        return lines
-
-    def send_failure(self) -> bytes:
-        """Return the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
-
-        res_agi.c run_agi(): a line read from the script that starts with "failure"
-        (strncasecmp, 7 chars; "Special case for inability to execute child process") sets
-        AGI_RESULT_FAILURE and leaves the loop; agi_exec_full() then sets AGISTATUS=FAILURE and
-        returns 0, so the dialplan goes on and the caller is not hung up. Merely closing the
-        socket reads as "Program terminated" and leaves AGISTATUS=SUCCESS.
-        """
-        self._check_can_send()
-        self.failure_sent = True
-        return FAILURE_LINE
-
     def _check_can_send(self) -> None:
         state = self.state
         if state is _IDLE and not self.failure_sent:
@@ -600,7 +571,6 @@ def _brief(line: str) -> str:
 
 
 _PLAIN_RESULTS: dict[str, Response] = {}  # "200 result=1" and friends: immutable, so shared
-_PLAIN_REPLIES: dict[bytes, Response] = {}  # the same, keyed by the whole line as it arrives
 
 
 def _parse_result(line: str) -> Response:

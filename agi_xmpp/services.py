@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from .agi_server import AgiServer
 from .config import Config
 from .presence import PresenceCache
+from .scripts import registry
 from .storage import AsyncStorage, Storage
 from .xmpp_pool import XmppPool
 
@@ -58,9 +60,7 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run the whole service until SIGINT/SIGTERM (or ``stop`` is set)."""
-    from .agi_server import AgiServer
-    from .http_api import start_http
-    from .scripts import registry
+    from .http_api import start_http  # http_api imports Services from here: still a cycle
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

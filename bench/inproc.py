@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agi_xmpp.agi_server import AgiServer, _Session
+from agi_xmpp.agi_server import AgiServer, AgiSession
 from agi_xmpp.config import AccountConfig, BindAddress, Config, GeneralConfig
 from agi_xmpp.jid import parse_jid
 from agi_xmpp.logs import configure as configure_logging
@@ -114,7 +114,7 @@ async def measure(calls: int, repeats: int, profile: bool, floor: bool) -> list[
     server = AgiServer(registry, FakeServices(), bind=("127.0.0.1", 0))
     await server.start()
     block = env_block("jabber_status", ["asterisk", "alice@localhost"])
-    make_protocol: Any = lambda: _Session(server)  # noqa: E731
+    make_protocol: Any = lambda: AgiSession(server)  # noqa: E731
     if floor:  # the same four lines jabber_status sends, from the Protocol floor
         lines = [b'SET VARIABLE "JABBER_STATUS" "3"\n', b'SET VARIABLE "JABBER_STATUS_SHOW" "away"\n',
                  b'SET VARIABLE "JABBER_STATUS_MESSAGE" "In a meeting until 3"\n',

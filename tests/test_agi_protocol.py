@@ -57,13 +57,19 @@ def feed(conn: AgiConnection, chunks: list[bytes]) -> list[object]:
     return events
 
 
+def sent(conn: AgiConnection, verb: str, *args: str) -> bytes:
+    """send_command(), then the bytes it gave to write."""
+    conn.send_command(verb, *args)
+    return conn.data_to_send()
+
+
 def ready(env: bytes = ENV, command: tuple[str, ...] | None = ("NOOP",)) -> AgiConnection:
     """A connection past its environment block, with one command in flight."""
     conn = AgiConnection()
     conn.receive_data(env)
     assert isinstance(conn.next_event(), Request)
     if command is not None:
-        conn.send_command(*command)
+        sent(conn, *command)
     return conn
 
 
@@ -229,7 +235,8 @@ REPLIES = [
     (b"510 Invalid or unknown command\n", [CommandFailed(510, "Invalid or unknown command")]),
     (
         b"511 Command Not Permitted on a dead channel or intercept routine\n",
-        [CommandFailed(511, "Command Not Permitted on a dead channel or intercept routine")],
+        # the command did not run: the connection reports it as result -1, not an error
+        [Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel or intercept routine")],
     ),
     (
         b"520 Invalid command syntax.  Proper usage not available.\n",
@@ -258,7 +265,7 @@ REPLIES = [
         b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n",
         [
             HangupNotice(),
-            CommandFailed(511, "Command Not Permitted on a dead channel or intercept routine"),
+            Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel or intercept routine"),
         ],
     ),
     (b"HANGUP\n", [HangupNotice()]),
@@ -301,7 +308,7 @@ def test_reply_frees_the_wire_for_the_next_command() -> None:
         conn.send_command("NOOP")
     conn.receive_data(b"520 End of proper usage.\n")
     assert isinstance(conn.next_event(), CommandFailed)
-    assert conn.send_command("NOOP") == b"NOOP\n"
+    assert sent(conn, "NOOP") == b"NOOP\n"
 
 
 def test_hangup_with_no_command_in_flight() -> None:
@@ -421,7 +428,7 @@ def test_quote_refuses_line_breaks_and_nul(arg: str) -> None:
 def test_send_command_bytes() -> None:
     """send_command quotes every argument and ends the line with LF."""
     conn = ready(command=None)
-    assert conn.send_command("SET VARIABLE", "JABBER_SEND_STATUS", 'a "b"') == (
+    assert sent(conn, "SET VARIABLE", "JABBER_SEND_STATUS", 'a "b"') == (
         b'SET VARIABLE "JABBER_SEND_STATUS" "a \\"b\\""\n'
     )
 
@@ -473,7 +480,8 @@ def test_unencodable_argument_is_refused() -> None:
 def test_failure_line() -> None:
     """send_failure() is the line res_agi.c turns into AGISTATUS=FAILURE; nothing may follow."""
     conn = ready(command=None)
-    assert conn.send_failure() == b"FAILURE\n"
+    conn.send_failure()
+    assert conn.data_to_send() == b"FAILURE\n"
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
     # Asterisk then writes HANGUP and closes: both are fine.
@@ -517,7 +525,7 @@ def test_line_limit_is_enforced_at_the_byte(version: str, limit: int) -> None:
     """A command line of exactly the limit is sent; one byte more is refused."""
     conn = ready(f"agi_version: {version}\n\n".encode(), None)
     overhead = len(b'SET VARIABLE "X" ""\n')
-    exact = conn.send_command("SET VARIABLE", "X", "v" * (limit - overhead))
+    exact = sent(conn, "SET VARIABLE", "X", "v" * (limit - overhead))
     assert len(exact) == limit
     conn.receive_data(b"200 result=1\n")
     conn.next_event()

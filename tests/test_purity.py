@@ -66,3 +66,25 @@ def test_pure_module_imports_no_io_framework(name: str) -> None:
     assert report["attempts"] == [], f"agi_xmpp.{name} tried to import {report['attempts']}"
     assert report["loaded"] == [], f"agi_xmpp.{name} loaded {report['loaded']}"
     assert report["error"] is None, f"agi_xmpp.{name} failed to import: {report['error']}"
+
+
+# Importing the scripts (and the AGI side they use) must not start the XMPP side or the
+# database: the scripts reach them only through ``Services``, which they import for types only.
+SCRIPT_SIDE = ["scripts", "agi_server", "agi_channel", "agi_registry"]
+HEAVY = ["slixmpp", "sqlalchemy", "aiohttp", "panoramisk"]
+
+
+@pytest.mark.parametrize("name", SCRIPT_SIDE)
+def test_agi_side_imports_no_xmpp_or_database(name: str) -> None:
+    """Importing the scripts or the FastAGI listener loads neither slixmpp nor SQLAlchemy."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CHECK, str(ROOT), f"agi_xmpp.{name}", ",".join(HEAVY)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["attempts"] == [], f"agi_xmpp.{name} tried to import {report['attempts']}"
+    assert report["error"] is None, f"agi_xmpp.{name} failed to import: {report['error']}"

@@ -21,11 +21,15 @@ Decisions where SPEC is silent (docs/features.md has the full list):
 
 from __future__ import annotations
 
-from ..agi_server import Channel
+from typing import TYPE_CHECKING
+
+from ..agi_channel import Channel
 from ..errors import InvalidJid, ScriptError, StorageError
 from ..jid import Jid, parse_jid
-from ..services import Services
 from .base import Variables, account_for, arg, dialplan_script, message_text
+
+if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
+    from ..services import Services
 
 
 def room_and_nick(channel: Channel, index: int, nick_text: str) -> tuple[Jid, str | None]:

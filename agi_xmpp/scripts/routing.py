@@ -20,15 +20,18 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ..agi_server import Channel
+from ..agi_channel import Channel
 from ..config import DirectoryEntry
 from ..errors import ScriptError, StorageError
 from ..jid import Jid, parse_jid
-from ..services import Services
-from ..storage import ArchivedMessage
+from ..values import check_message_size
 from .base import Variables, account_for, arg, dialplan_script, message_text
+
+if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
+    from ..services import Services
+    from ..storage import ArchivedMessage
 
 # SPEC §2.6: which jabber_status codes (§2.2) let a target ring.
 POLICIES: dict[str, Callable[[int], bool]] = {
@@ -224,8 +227,10 @@ async def _with_history(
     peer = parse_jid(entry.jid).local or entry.jid
     own = services.pool.session(account).default_nick
     full = f"{text}\n\n{format_history(messages, peer, own, entry.jid)}"
-    if len(full.encode("utf-8")) > services.config.general.max_message_bytes:
-        return text
+    try:
+        check_message_size(full, services.config.general.max_message_bytes)
+    except ScriptError:
+        return text  # the notice matters more than its history
     return full
 
 
