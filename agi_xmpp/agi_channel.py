@@ -37,8 +37,10 @@ class Wire(Protocol):
 
 def set_variable_commands(variables: Mapping[str, str]) -> list[Command]:
     """``SET VARIABLE`` commands for each pair, in order; ``LocalProtocolError`` for a bad name."""
-    return [("SET VARIABLE", check_variable_name(name), value)
-            for name, value in variables.items()]
+    commands = []
+    for name, value in variables.items():
+        commands.append(("SET VARIABLE", check_variable_name(name), value))
+    return commands
 
 
 class Channel:

@@ -1,9 +1,10 @@
 """Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11 and websockets.
 
-Feed what the socket gave with ``receive_data(bytes)`` (``b""`` is EOF) and take events with
-``next_event()`` until it returns ``NEED_DATA``; ask for commands with ``send_commands()`` (or
-``send_command()`` for one) and write whatever ``data_to_send()`` returns, after every call of
-either kind. Nothing here does I/O or knows about time: deadlines live in ``agi_server``.
+Feed what the socket gave to ``receive_data(bytes)`` (``b""`` is EOF): it returns the events
+those bytes completed. Ask for commands with ``send_commands()`` (``send_command()`` for one),
+and after a call of either kind write whatever ``data_to_send()`` returns: this object decides
+what goes on the wire and when, the I/O layer only moves bytes (as in websockets). Nothing here
+does I/O or knows about time: deadlines live in ``agi_server``.
 
 Theory of operation
 -------------------
@@ -38,7 +39,7 @@ States (``AgiConnection.state``)::
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -48,7 +49,6 @@ from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "FAILURE_LINE",
-    "NEED_DATA",
     "AgiConnection",
     "CommandFailed",
     "EndOfStream",
@@ -95,17 +95,6 @@ class State(Enum):
 # Plain module names for the members: an Enum attribute lookup costs ~7x a global one, and the
 # parser checks the state several times per line.
 _ENV, _IDLE, _WAITING, _USAGE, _CLOSED, _ERROR = State
-
-
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
-"""Returned by ``next_event()`` when more bytes are needed."""
 
 
 @dataclass(slots=True)
@@ -317,8 +306,8 @@ class AgiConnection:
     """One FastAGI connection, server side, with no I/O."""
 
     __slots__ = ("max_env_bytes", "max_reply_bytes", "state", "request", "line_limit",
-                 "hangup_seen", "failure_sent", "_buf", "_pos", "_scan", "_eof",
-                 "_hangup_queued", "_usage", "_error", "_queued", "_out")
+                 "hangup_seen", "failure_sent", "_buf", "_scan", "_eof", "_usage", "_error",
+                 "_queued", "_out")
 
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
@@ -328,117 +317,132 @@ class AgiConnection:
         self.line_limit = SHORT_LINE_LIMIT
         self.hangup_seen = False
         self.failure_sent = False
-        self._buf: bytes | bytearray = b""
-        self._pos = 0  # start of the unparsed bytes in _buf
+        self._buf: bytes | bytearray = b""  # the start of a line (ENV: the block) so far
         self._scan = 0  # ENV: where the search for the blank line resumes
         self._eof = False
-        self._hangup_queued = False  # a HANGUP line inside the env block, due after the Request
         self._usage: list[str] = []  # a 520- block being read
         self._error = ""
         self._queued: list[bytes] | tuple[()] = ()  # lines of this send after the one on the wire
         self._out = b""  # for data_to_send()
 
     def __repr__(self) -> str:
-        return f"<AgiConnection {self.state.value} buffered={len(self._buf) - self._pos}>"
+        return f"<AgiConnection {self.state.value} buffered={len(self._buf)}>"
 
     # --- input -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer bytes from the peer; ``b""`` means the peer closed the connection."""
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer (``b""``: it closed); return the events they complete.
+
+        In order: the ``Request`` (then a ``HangupNotice`` if the block held a ``HANGUP``),
+        replies, notices, and ``EndOfStream`` once closed (again on every later call). Raises
+        ``RemoteProtocolError`` when the peer broke the protocol (again on every later call);
+        events of the same call before the fault are dropped with the connection.
+        """
+        if self.state is _ERROR:
+            raise RemoteProtocolError(self._error)
         if not data:
-            self._eof = True
-            return
+            return self._closed()
         if self._eof:
             raise LocalProtocolError("receive_data() after EOF")
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):  # all parsed (the usual case): keep the chunk itself, no copy
-            self._buf = data if type(data) is bytes else bytes(data)
-            self._pos = self._scan = 0
-            return
-        if pos or type(buf) is not bytearray:
-            buf = bytearray(memoryview(buf)[pos:])
-            self._scan -= pos
-            self._pos = 0
-        buf += data
-        self._buf = buf
-
-    def next_event(self) -> Event | _NeedData:
-        """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
-        if self._hangup_queued:
-            self._hangup_queued = False
-            return HangupNotice()
-        state = self.state
-        if state is _ENV:
-            return self._next_env()
-        if state is _CLOSED:
-            return EndOfStream()
-        if state is _ERROR:
-            raise RemoteProtocolError(self._error)
-        buf = self._buf
-        while True:
-            pos = self._pos
-            nl = buf.find(b"\n", pos)
-            if nl < 0:
-                if len(buf) - pos > self.max_reply_bytes:
+        if self.state is _ENV:
+            return self._env_data(data)
+        if self._buf:  # the start of a line came with an earlier read
+            if b"\n" not in data:  # still no end: keep it, each byte copied once
+                self._buf += data
+                if len(self._buf) > self.max_reply_bytes:
                     self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-                if self._eof:
-                    self.state = _CLOSED
-                    self._queued = ()
-                    return EndOfStream()
-                return NEED_DATA
-            if nl - pos > self.max_reply_bytes:
+                return []
+            data = bytes(self._buf) + data
+        # One split per read, no search per line: bytes.find() parses its arguments the slow
+        # way, and that cost more than the rest of a reply's handling (docs/performance.md).
+        lines = data.split(b"\n")
+        tail = lines.pop()  # after the last newline: the start of a line still to come
+        if tail:
+            if len(tail) > self.max_reply_bytes:
                 self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-            line = buf[pos:nl].decode("utf-8", "replace")
-            self._pos = nl + 1
-            event = self._on_line(line)
-            if event is not None:
-                return event
+            self._buf = bytearray(tail)
+        else:
+            self._buf = b""
+        events: list[Event] = []
+        for raw in lines:
+            reply: Any = _RESULTS.get(raw)
+            if reply is None or self.state is not _WAITING:
+                reply = self._line(raw)
+                if reply is None:  # 100, a line of a 520- block
+                    continue
+                if type(reply) is HangupNotice:
+                    events.append(reply)
+                    continue
+            # A reply ends the wait, here only: the next line of this send goes out, or none.
+            events.append(reply)
+            queued = self._queued
+            if not queued:
+                self.state = _IDLE
+            elif type(reply) is Response:
+                self._out += queued.pop()
+            else:  # 510/520: our bug; the rest of the send would only repeat it
+                self._queued = ()
+                self.state = _IDLE
+        return events
 
-    def _next_env(self) -> Event | _NeedData:
+    def _closed(self) -> list[Event]:
+        """EOF: whatever is left unparsed is dropped, and so are commands not yet sent."""
+        self._eof = True
+        self.state = _CLOSED
+        self._queued = ()
+        self._buf = b""
+        return [EndOfStream()]
+
+    def _env_data(self, data: bytes) -> list[Event]:
+        """ENV: the ``Request`` once the block is complete (a ``HangupNotice`` after it if the
+        block held one, and the events of any bytes after the block); else []."""
         buf = self._buf
+        if buf:  # the block comes in pieces: search only what is new (and one byte before)
+            buf += data
+            end = buf.find(b"\n\n", self._scan - 1)
+        else:
+            buf = data
+            end = -1 if buf[:1] == b"\n" else buf.find(b"\n\n")
         if buf[:1] == b"\n":
             end = 0
-        else:
-            end = buf.find(b"\n\n", self._scan - 1 if self._scan else 0)
-            if end >= 0:
-                end += 1  # index of the blank line's "\n"
+        elif end >= 0:
+            end += 1  # index of the blank line's "\n"
         if end < 0:
             if len(buf) >= self.max_env_bytes:
                 self._fail(f"environment block longer than {self.max_env_bytes} bytes")
-            if self._eof:
-                self.state = _CLOSED
-                return EndOfStream()
+            self._buf = buf if type(buf) is bytearray else bytearray(buf)
             self._scan = len(buf)
-            return NEED_DATA
+            return []
         if end + 1 > self.max_env_bytes:
             self._fail(f"environment block longer than {self.max_env_bytes} bytes")
         # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
-        block = buf[:end].decode("utf-8", "replace")
-        if end + 1 == len(buf):  # the usual read: the block and nothing else. The Env keeps
-            self._buf = b""  # the text; the bytes need not live as long as the call does
-            self._pos = self._scan = 0
-        else:
-            self._pos = end + 1
-        request, hangup = _make_request(block)
+        request, hangup = _make_request(buf[:end].decode("utf-8", "replace"))
         self.request = request
         self.line_limit = line_limit_for(request.agi_version)
         self.state = _IDLE
+        self._buf = b""
+        events: list[Event] = [request]
         if hangup:
             self.hangup_seen = True
-            self._hangup_queued = True
-        return request
+            events.append(HangupNotice())
+        if end + 1 < len(buf):  # lines after the block, in the same read
+            events += self.receive_data(bytes(buf[end + 1 :]))
+        return events
 
-    def _on_line(self, line: str) -> Event | None:
-        """One whole line after the environment block: an event, or None to keep reading."""
+    def _line(self, raw: bytes) -> Response | CommandFailed | HangupNotice | None:
+        """Any line but the usual ``200`` reply: a reply, a notice, or None to keep reading."""
+        if len(raw) > self.max_reply_bytes:
+            self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+        line = raw.decode("utf-8", "replace")
         state = self.state
         if state is _WAITING:
             if line[:11] == "200 result=":
-                return self._answered(_parse_result(line))
+                return _parse_result(line, raw)
             code = line[:4]
             if code == "511 ":  # res_agi.c: the command did not run (dead channel, intercept)
-                return self._answered(Response(code=511, result="-1", raw=line))
+                return Response(code=511, result="-1", raw=line)
             if code == "510 " or code == "520 ":
-                return self._answered(CommandFailed(int(line[:3]), line[4:]))
+                return CommandFailed(int(line[:3]), line[4:])
             if code == "100 " or code == "100-":  # "100 Trying...": keep reading
                 return None
             if code == "520-":
@@ -449,7 +453,7 @@ class AgiConnection:
             if line[:4] == "520 ":  # res_agi.c: "520 End of proper usage."
                 first, *usage = self._usage
                 self._usage = []
-                return self._answered(CommandFailed(520, first, "\n".join(usage)))
+                return CommandFailed(520, first, "\n".join(usage))
             if line != "HANGUP":
                 self._usage.append(line)
                 return None
@@ -460,18 +464,6 @@ class AgiConnection:
             self._fail(f"unexpected reply {_brief(line)}")
         self._fail(f"unexpected line with no command in flight: {_brief(line)}")
         return None  # not reached
-
-    def _answered(self, reply: Response | CommandFailed) -> Response | CommandFailed:
-        """The one place a reply ends the wait: the next queued line goes out, or none does."""
-        queued = self._queued
-        if not queued:
-            self.state = _IDLE
-        elif type(reply) is Response:
-            self._out += queued.pop()
-        else:  # 510/520: our bug; the rest of the send would only repeat it
-            self._queued = ()
-            self.state = _IDLE
-        return reply
 
     def _fail(self, message: str) -> None:
         self.state = _ERROR
@@ -485,17 +477,47 @@ class AgiConnection:
         """``send_commands([(verb, *args)])``: one command, every argument quoted."""
         self.send_commands(((verb, *args),))
 
-    def send_commands(self, commands: Sequence[Sequence[str]]) -> None:
+    def send_commands(self, commands: Iterable[Sequence[str]]) -> None:
         """Send ``(verb, *args)`` commands in order, each once the previous one is answered.
 
-        Every line is checked before the first goes out: ``LocalProtocolError`` (nothing sent)
-        for NUL/CR/LF, a line longer than this Asterisk reads whole, too many words, a bad
-        verb, or when a command is already in flight. Each reply is an event; the state is
-        ``IDLE`` again once the last is answered or a ``510``/``520`` dropped the rest.
+        The one encoder: ``verb "arg" "arg"...\\n``, every argument quoted. Every line is
+        checked before the first goes out: ``LocalProtocolError`` (nothing sent) for NUL/CR/LF,
+        a line longer than this Asterisk reads whole, too many words, a bad verb, or when a
+        command is already in flight. Each reply is an event; the state is ``IDLE`` again once
+        the last is answered or a ``510``/``520`` dropped the rest.
         """
         if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
-        lines = [self._encode(command) for command in commands]
+        limit = self.line_limit
+        lines = []
+        for command in commands:
+            verb = command[0]
+            prefix = _VERB_PREFIXES.get(verb)
+            if prefix is None:
+                prefix = _verb_prefix(verb)
+            args = command[1:]
+            if len(args) > prefix[1]:
+                raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
+            plain = "".join(args)
+            if not args:
+                line = verb + "\n"
+            elif plain.isprintable() and '"' not in plain and "\\" not in plain:
+                # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the bytes
+                # quote() would give, built in one go
+                line = prefix[0] + '" "'.join(args) + '"\n'
+            else:
+                line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
+            try:
+                data = line.encode()
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
+            if len(data) > limit:
+                version = self.request.agi_version if self.request else ""
+                raise LocalProtocolError(
+                    f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
+                    f"{limit} (agi_version {version!r})"
+                )
+            lines.append(data)
         if not lines:
             return
         lines.reverse()  # popped from the end, in order
@@ -522,35 +544,6 @@ class AgiConnection:
         self._out = b""
         return data
 
-    def _encode(self, command: Sequence[str]) -> bytes:
-        """The one encoder: ``verb "arg" "arg"...\\n``, checked against Asterisk's limits."""
-        verb, *args = command
-        prefix = _VERB_PREFIXES.get(verb)
-        if prefix is None:
-            prefix = _verb_prefix(verb)
-        if len(args) > prefix[1]:
-            raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
-        plain = "".join(args)
-        if not args:
-            line = verb + "\n"
-        elif plain.isprintable() and '"' not in plain and "\\" not in plain:
-            # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the bytes
-            # quote() would give, built in one go
-            line = prefix[0] + '" "'.join(args) + '"\n'
-        else:
-            line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
-        try:
-            data = line.encode()
-        except UnicodeEncodeError as exc:
-            raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
-        if len(data) > self.line_limit:
-            version = self.request.agi_version if self.request else ""
-            raise LocalProtocolError(
-                f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
-                f"{self.line_limit} (agi_version {version!r})"
-            )
-        return data
-
     def _check_can_send(self) -> None:
         state = self.state
         if state is _IDLE and not self.failure_sent:
@@ -570,20 +563,19 @@ def _brief(line: str) -> str:
     return f"{line[:4]!r}... ({len(line)} chars)"
 
 
-_PLAIN_RESULTS: dict[str, Response] = {}  # "200 result=1" and friends: immutable, so shared
+# "200 result=1" and friends, by the bytes of the line: immutable, so shared. The one cache of
+# replies: a dict lookup instead of a decode and a parse for nearly every reply.
+_RESULTS: dict[bytes, Response] = {}
 
 
-def _parse_result(line: str) -> Response:
-    """Parse a line that starts with "200 result="."""
-    response = _PLAIN_RESULTS.get(line)
-    if response is not None:
-        return response
+def _parse_result(line: str, raw: bytes) -> Response:
+    """Parse a line that starts with "200 result=" (``raw``: its bytes)."""
     rest = line[11:]
     space = rest.find(" ")
     if space < 0:  # the common "200 result=1"
         response = Response(result=rest, raw=line)
-        if len(_PLAIN_RESULTS) < 64:
-            _PLAIN_RESULTS[line] = response
+        if len(_RESULTS) < 64:
+            _RESULTS[raw] = response
         return response
     m = _RESULT_TAIL.fullmatch(rest, space)
     assert m is not None  # the last alternative matches anything
@@ -591,4 +583,3 @@ def _parse_result(line: str) -> Response:
     return Response(
         result=rest[:space], data=m["data"], raw=line, endpos=int(endpos) if endpos else None
     )
-

@@ -38,7 +38,6 @@ import structlog
 from .agi_channel import Channel, Command, set_variable_commands
 from .agi_protocol import (
     FAILURE_LINE,
-    NEED_DATA,
     AgiConnection,
     CommandFailed,
     HangupNotice,
@@ -109,37 +108,19 @@ class AgiSession(asyncio.Protocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        self.conn.receive_data(data)
-        self._pump()
-
-    def eof_received(self) -> None:
-        self.conn.receive_data(b"")
-        self._pump()  # EndOfStream -> _end(); returning None lets the transport close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        self._end()
-        if not self.running:
-            self.forget()  # else _finish() does, when the script is done
-
-    # --- events from the protocol ------------------------------------------------------
-
-    def _pump(self) -> None:
         conn = self.conn
-        while True:
-            try:
-                event = conn.next_event()
-            except RemoteProtocolError as exc:
-                self.server.stats["protocol_error"] += 1
-                self.server.log.warning("agi_protocol_error", uniqueid=self._uniqueid(),
-                                        error=str(exc))
-                self._end()
-                return
+        try:
+            events = conn.receive_data(data)
+        except RemoteProtocolError as exc:
+            self.server.stats["protocol_error"] += 1
+            self.server.log.warning("agi_protocol_error", uniqueid=self._uniqueid(),
+                                    error=str(exc))
+            self._end()
+            return
+        for event in events:
             kind = type(event)
             if kind is Response or kind is CommandFailed:
                 self._replied(event)  # type: ignore[arg-type]
-            elif event is NEED_DATA:
-                break
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
@@ -153,15 +134,30 @@ class AgiSession(asyncio.Protocol):
         if data and not self.ended:
             self.transport.write(data)  # type: ignore[union-attr]
 
+    def eof_received(self) -> None:
+        self.data_received(b"")  # EndOfStream -> _end(); returning None lets the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._end()
+        if not self.running:
+            self.forget()  # else _finish() does, when the script is done
+
+    # --- events from the protocol ------------------------------------------------------
+
     def _replied(self, reply: Response | CommandFailed) -> None:
+        waiter = self._waiter
+        if waiter is _PLAIN:  # a plain script's variables: only the last reply matters
+            if self.conn.state is _IDLE:
+                self._waiter = None
+                self._finish("success")
+            return
         self._replies.append(reply)
         if self.conn.state is not _IDLE:
             return  # the connection sent the next line of this send
-        waiter, self._waiter = self._waiter, None
+        self._waiter = None
         replies, self._replies = self._replies, []
-        if waiter is _PLAIN:
-            self._finish("success")
-        elif waiter is not None and not waiter.done():  # done: its caller was cancelled
+        if waiter is not None and not waiter.done():  # done: its caller was cancelled
             waiter.set_result(replies)  # type: ignore[union-attr]
         if self._free:
             self._wake_free()

@@ -9,7 +9,6 @@ from hypothesis import strategies as st
 
 from agi_xmpp.agi_protocol import (
     MAX_WORDS,
-    NEED_DATA,
     AgiConnection,
     EndOfStream,
     Env,
@@ -37,8 +36,7 @@ def test_port_matches_known_asterisk_behaviour() -> None:
 def fresh(version: str = "22.6.0") -> AgiConnection:
     """A connection ready for its first command."""
     conn = AgiConnection()
-    conn.receive_data(f"agi_version: {version}\n\n".encode())
-    assert isinstance(conn.next_event(), Request)
+    assert isinstance(conn.receive_data(f"agi_version: {version}\n\n".encode())[0], Request)
     return conn
 
 
@@ -143,23 +141,19 @@ wire_chunks = st.lists(
 def test_parser_only_ever_raises_remote_protocol_error(
     chunks: list[bytes], eof: bool, max_env: int
 ) -> None:
-    """On arbitrary bytes next_event() returns events or raises RemoteProtocolError, only."""
+    """On arbitrary bytes receive_data() returns events or raises RemoteProtocolError, only."""
     conn = AgiConnection(max_env_bytes=max_env, max_reply_bytes=200)
     try:
         for chunk in [*chunks, *([b""] if eof else [])]:
             conn.receive_data(chunk)
-            while True:
-                event = conn.next_event()
-                if event is NEED_DATA or isinstance(event, EndOfStream):
-                    break
-                if conn.state is State.IDLE:  # keep a command in flight to reach deeper states
-                    conn.send_command("NOOP")
+            if conn.state is State.IDLE:  # keep a command in flight to reach deeper states
+                conn.send_command("NOOP")
             if conn.state is State.CLOSED:
                 break
     except RemoteProtocolError:
         assert conn.state is State.ERROR
         with pytest.raises(RemoteProtocolError):
-            conn.next_event()
+            conn.receive_data(b"\n")
 
 
 @given(st.lists(st.text().filter(lambda t: "\n" not in t and sendable(t)), max_size=6))
@@ -167,8 +161,7 @@ def test_env_args_arrive_exactly(args: list[str]) -> None:
     """Any agi_arg_N value without a newline reaches Request.args exactly."""
     env = "".join(f"agi_arg_{n}: {a}\n" for n, a in enumerate(args, 1)) + "\n"
     conn = AgiConnection()
-    conn.receive_data(env.encode())
-    request = conn.next_event()
+    (request,) = conn.receive_data(env.encode())
     assert isinstance(request, Request)
     assert request.args == tuple(args)
 
@@ -183,18 +176,18 @@ def test_plain_and_escaped_arguments_roundtrip(args: list[str]) -> None:
 
 
 def drive(chunks: list[bytes]) -> list[object]:
-    """Events (and a final error, if any) from feeding chunks, sending NOOP whenever allowed."""
+    """Events (and a final error, if any) from feeding chunks after an empty environment block,
+    with a long send in flight: every decision is the connection's, line by line."""
     conn = AgiConnection(max_env_bytes=300, max_reply_bytes=200)
+    conn.receive_data(b"\n")
+    conn.send_commands([("NOOP",)] * 100)
     events: list[object] = []
     try:
         for chunk in chunks:
-            conn.receive_data(chunk)
-            while (event := conn.next_event()) is not NEED_DATA:
+            for event in conn.receive_data(chunk):
                 events.append(event)
                 if isinstance(event, EndOfStream):
                     return events
-                if conn.state is State.IDLE:
-                    conn.send_command("NOOP")
     except RemoteProtocolError:
         events.append("RemoteProtocolError")
     return events
@@ -249,8 +242,7 @@ def test_request_agrees_with_the_env_mapping(lines: list[tuple[str, str]]) -> No
     whatever the order, duplicates or gaps."""
     block = "".join(f"{key}: {value}\n" for key, value in lines) + "\n"
     conn = AgiConnection()
-    conn.receive_data(block.encode())
-    request = conn.next_event()
+    (request,) = conn.receive_data(block.encode())
     assert isinstance(request, Request)
     env = dict(request.env)
     args = []
@@ -287,6 +279,5 @@ def test_send_commands_is_send_command_one_reply_at_a_time(pairs, version) -> No
     for _ in commands:
         lines.append(conn.data_to_send())
         assert conn.data_to_send() == b""  # one at a time
-        conn.receive_data(b"200 result=1\n")
-        assert isinstance(conn.next_event(), Response)
+        assert isinstance(conn.receive_data(b"200 result=1\n")[0], Response)
     assert lines == expected and conn.state is State.IDLE

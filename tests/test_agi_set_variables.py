@@ -108,7 +108,6 @@ async def test_unsendable_value_refuses_before_anything_is_sent(serve) -> None:
 def ready() -> AgiConnection:
     conn = AgiConnection()
     conn.receive_data(env_block("batch"))
-    conn.next_event()
     return conn
 
 
@@ -120,15 +119,14 @@ def test_the_connection_sends_the_next_line_once_the_reply_came() -> None:
     assert conn.data_to_send() == b""
     with pytest.raises(LocalProtocolError):  # one send at a time
         conn.send_command("NOOP")
-    conn.receive_data(b"511 Command Not Permitted on a dead channel\n")
-    assert conn.next_event() == Response(code=511, result="-1",
-                                         raw="511 Command Not Permitted on a dead channel")
+    assert conn.receive_data(b"511 Command Not Permitted on a dead channel\n") == [
+        Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel")
+    ]
     assert conn.data_to_send() == b'SET VARIABLE "B" "2"\n'
-    conn.receive_data(b"200 result=1\n")
-    assert type(conn.next_event()) is Response and conn.state is State.WAITING
+    assert type(conn.receive_data(b"200 result=1\n")[0]) is Response
+    assert conn.state is State.WAITING
     assert conn.data_to_send() == b"NOOP\n"
     conn.receive_data(b"200 result=0\n")
-    conn.next_event()
     assert conn.state is State.IDLE and conn.data_to_send() == b""
 
 
@@ -137,8 +135,9 @@ def test_a_510_drops_the_rest_of_the_send() -> None:
     conn = ready()
     conn.send_commands([("NO SUCH", "x"), ("SET VARIABLE", "B", "2")])
     conn.data_to_send()
-    conn.receive_data(b"510 Invalid or unknown command\n")
-    assert conn.next_event() == CommandFailed(510, "Invalid or unknown command")
+    assert conn.receive_data(b"510 Invalid or unknown command\n") == [
+        CommandFailed(510, "Invalid or unknown command")
+    ]
     assert conn.state is State.IDLE and conn.data_to_send() == b""
 
 
