@@ -18,7 +18,7 @@ from .values import decode_b64_value
 
 __all__ = ["Channel", "Wire", "set_variable_commands"]
 
-Command = tuple[str, ...]
+Command = tuple[str, Sequence[str]]  # (verb, args)
 
 
 class Wire(Protocol):
@@ -39,7 +39,7 @@ def set_variable_commands(variables: Mapping[str, str]) -> list[Command]:
     """``SET VARIABLE`` commands for each pair, in order; ``LocalProtocolError`` for a bad name."""
     commands = []
     for name, value in variables.items():
-        commands.append(("SET VARIABLE", check_variable_name(name), value))
+        commands.append(("SET VARIABLE", (check_variable_name(name), value)))
     return commands
 
 
@@ -128,7 +128,7 @@ class Channel:
         ``ProtocolError`` when Asterisk answers ``510``/``520`` (our bug), and ``ChannelGone``
         once the connection has ended.
         """
-        (reply,) = await self._wire.exchange(((verb, *args),))
+        (reply,) = await self._wire.exchange(((verb, args),))
         if type(reply) is Response:
             return reply
         raise ProtocolError(f"{verb}: Asterisk answered {reply.code} {reply.text}")

@@ -155,6 +155,14 @@ def _verb_prefix(verb: str) -> tuple[str, int]:
     return prefix
 
 
+def _escaped(verb: str, args: Sequence[str], max_args: int) -> bytes:
+    """``send_commands()``'s line when an argument needs escaping (or none is given), or its
+    refusal (too many words, NUL/CR/LF)."""
+    if len(args) > max_args:
+        raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
+    return (" ".join([verb, *map(quote, args)]) + "\n").encode()
+
+
 def line_limit_for(agi_version: str) -> int:
     """Longest command line (bytes, newline included) that this ``agi_version`` reads whole."""
     m = _VERSION.match(agi_version)
@@ -474,11 +482,11 @@ class AgiConnection:
     # --- output ----------------------------------------------------------------------------
 
     def send_command(self, verb: str, *args: str) -> None:
-        """``send_commands([(verb, *args)])``: one command, every argument quoted."""
-        self.send_commands(((verb, *args),))
+        """``send_commands([(verb, args)])``: one command, every argument quoted."""
+        self.send_commands(((verb, args),))
 
-    def send_commands(self, commands: Iterable[Sequence[str]]) -> None:
-        """Send ``(verb, *args)`` commands in order, each once the previous one is answered.
+    def send_commands(self, commands: Iterable[tuple[str, Sequence[str]]]) -> None:
+        """Send ``(verb, args)`` commands in order, each once the previous one is answered.
 
         The one encoder: ``verb "arg" "arg"...\\n``, every argument quoted. Every line is
         checked before the first goes out: ``LocalProtocolError`` (nothing sent) for NUL/CR/LF,
@@ -490,34 +498,28 @@ class AgiConnection:
             self._check_can_send()
         limit = self.line_limit
         lines = []
-        for command in commands:
-            verb = command[0]
-            prefix = _VERB_PREFIXES.get(verb)
-            if prefix is None:
-                prefix = _verb_prefix(verb)
-            args = command[1:]
-            if len(args) > prefix[1]:
-                raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
-            plain = "".join(args)
-            if not args:
-                line = verb + "\n"
-            elif plain.isprintable() and '"' not in plain and "\\" not in plain:
-                # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the bytes
-                # quote() would give, built in one go
-                line = prefix[0] + '" "'.join(args) + '"\n'
-            else:
-                line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
-            try:
-                data = line.encode()
-            except UnicodeEncodeError as exc:
-                raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
-            if len(data) > limit:
-                version = self.request.agi_version if self.request else ""
-                raise LocalProtocolError(
-                    f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
-                    f"{limit} (agi_version {version!r})"
-                )
-            lines.append(data)
+        try:
+            for verb, args in commands:
+                prefix = _VERB_PREFIXES.get(verb)
+                if prefix is None:
+                    prefix = _verb_prefix(verb)
+                plain = "".join(args)
+                if args and plain.isprintable() and '"' not in plain and "\\" not in plain \
+                        and len(args) <= prefix[1]:
+                    # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the
+                    # bytes quote() would give, built in one go
+                    data = (prefix[0] + '" "'.join(args) + '"\n').encode()
+                else:
+                    data = _escaped(verb, args, prefix[1])
+                if len(data) > limit:
+                    version = self.request.agi_version if self.request else ""
+                    raise LocalProtocolError(
+                        f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
+                        f"{limit} (agi_version {version!r})"
+                    )
+                lines.append(data)
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
         if not lines:
             return
         lines.reverse()  # popped from the end, in order

@@ -120,7 +120,12 @@ class AgiSession(asyncio.Protocol):
         for event in events:
             kind = type(event)
             if kind is Response or kind is CommandFailed:
-                self._replied(event)  # type: ignore[arg-type]
+                if self._waiter is _PLAIN:  # a plain script's variables: only the last counts
+                    if conn.state is _IDLE:
+                        self._waiter = None
+                        self._finish("success")
+                else:
+                    self._replied(event)  # type: ignore[arg-type]
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
@@ -139,19 +144,18 @@ class AgiSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._end()
+        if self.running or self._waiter is not None or self._free:
+            self._end()
+        elif not self.ended:
+            self.close()  # gone before its script started
         if not self.running:
             self.forget()  # else _finish() does, when the script is done
 
     # --- events from the protocol ------------------------------------------------------
 
     def _replied(self, reply: Response | CommandFailed) -> None:
+        """A reply to an async script's send: its caller gets them all, with the last."""
         waiter = self._waiter
-        if waiter is _PLAIN:  # a plain script's variables: only the last reply matters
-            if self.conn.state is _IDLE:
-                self._waiter = None
-                self._finish("success")
-            return
         self._replies.append(reply)
         if self.conn.state is not _IDLE:
             return  # the connection sent the next line of this send
@@ -268,7 +272,8 @@ class AgiSession(asyncio.Protocol):
             self._finish("success")  # as an async script's set_variables() returning False
         elif waiter is not None and not waiter.done():
             waiter.set_exception(ChannelGone("the AGI connection closed"))  # type: ignore[union-attr]
-        self._wake_free()
+        if self._free:
+            self._wake_free()
         if self.running:
             self._caller_gone("agi_connection_ended")
         else:

@@ -180,7 +180,7 @@ def drive(chunks: list[bytes]) -> list[object]:
     with a long send in flight: every decision is the connection's, line by line."""
     conn = AgiConnection(max_env_bytes=300, max_reply_bytes=200)
     conn.receive_data(b"\n")
-    conn.send_commands([("NOOP",)] * 100)
+    conn.send_commands([("NOOP", ())] * 100)
     events: list[object] = []
     try:
         for chunk in chunks:
@@ -263,12 +263,12 @@ def test_send_commands_is_send_command_one_reply_at_a_time(pairs, version) -> No
     """send_commands() writes send_command()'s bytes for each, the next only after a reply;
     or refuses before the first leaves."""
     conn = fresh(version)
-    commands = [("SET VARIABLE", name, value) for name, value in pairs]
+    commands = [("SET VARIABLE", (name, value)) for name, value in pairs]
     try:
         expected = []
         for command in commands:
             one = fresh(version)
-            expected.append(sent(one, *command))
+            expected.append(sent(one, command[0], *command[1]))
     except LocalProtocolError:
         with pytest.raises(LocalProtocolError):
             conn.send_commands(commands)

@@ -114,7 +114,7 @@ def ready() -> AgiConnection:
 def test_the_connection_sends_the_next_line_once_the_reply_came() -> None:
     """send_commands() writes one line; each 200 or 511 reply lets the next one out."""
     conn = ready()
-    conn.send_commands([("SET VARIABLE", "A", "1"), ("SET VARIABLE", "B", "2"), ("NOOP",)])
+    conn.send_commands([("SET VARIABLE", ("A", "1")), ("SET VARIABLE", ("B", "2")), ("NOOP", ())])
     assert conn.data_to_send() == b'SET VARIABLE "A" "1"\n'
     assert conn.data_to_send() == b""
     with pytest.raises(LocalProtocolError):  # one send at a time
@@ -133,7 +133,7 @@ def test_the_connection_sends_the_next_line_once_the_reply_came() -> None:
 def test_a_510_drops_the_rest_of_the_send() -> None:
     """After a 510 (our bug) the lines not yet sent are dropped and the wire is free."""
     conn = ready()
-    conn.send_commands([("NO SUCH", "x"), ("SET VARIABLE", "B", "2")])
+    conn.send_commands([("NO SUCH", ("x",)), ("SET VARIABLE", ("B", "2"))])
     conn.data_to_send()
     assert conn.receive_data(b"510 Invalid or unknown command\n") == [
         CommandFailed(510, "Invalid or unknown command")
@@ -145,5 +145,5 @@ def test_every_line_is_checked_before_the_first_leaves() -> None:
     """One unsendable command refuses the whole send; nothing is written, nothing in flight."""
     conn = ready()
     with pytest.raises(LocalProtocolError):
-        conn.send_commands([("SET VARIABLE", "A", "1"), ("SET VARIABLE", "B", "two\nlines")])
+        conn.send_commands([("SET VARIABLE", ("A", "1")), ("SET VARIABLE", ("B", "two\nlines"))])
     assert conn.data_to_send() == b"" and conn.state is State.IDLE
