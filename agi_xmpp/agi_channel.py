@@ -12,11 +12,18 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from .agi_protocol import CommandFailed, Env, Request, Response, check_variable_name
+from .agi_protocol import (
+    CommandFailed,
+    Env,
+    Request,
+    Response,
+    check_variable_name,
+    set_variable_commands,
+)
 from .errors import ChannelGone, ProtocolError
 from .values import decode_b64_value
 
-__all__ = ["Channel", "Wire", "set_variable_commands"]
+__all__ = ["Channel", "Command", "Wire"]
 
 Command = tuple[str, Sequence[str]]  # (verb, args)
 
@@ -33,14 +40,6 @@ class Wire(Protocol):
     async def exchange(self, commands: Sequence[Command]) -> list[Response | CommandFailed]:
         """Send the commands (each once the previous is answered) and return their replies."""
         ...
-
-
-def set_variable_commands(variables: Mapping[str, str]) -> list[Command]:
-    """``SET VARIABLE`` commands for each pair, in order; ``LocalProtocolError`` for a bad name."""
-    commands = []
-    for name, value in variables.items():
-        commands.append(("SET VARIABLE", (check_variable_name(name), value)))
-    return commands
 
 
 class Channel:

@@ -60,6 +60,7 @@ __all__ = [
     "check_variable_name",
     "line_limit_for",
     "quote",
+    "set_variable_commands",
 ]
 
 # res_agi.c reads a command with fgets() into char buf[AGI_BUF_LEN]: at most AGI_BUF_LEN - 1
@@ -142,6 +143,7 @@ class EndOfStream:
 Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
 
 
+_LIMITS: dict[str, int] = {}  # agi_version -> line limit: saves ~2.5k instructions per call
 # verbs already checked -> (the verb and an opening quote, how many arguments it may take)
 _VERB_PREFIXES: dict[str, tuple[str, int]] = {}
 
@@ -172,6 +174,16 @@ def line_limit_for(agi_version: str) -> int:
     if major >= 23 or minor >= _FIRST_LONG_MINOR.get(major, 1 << 30):
         return LONG_LINE_LIMIT
     return SHORT_LINE_LIMIT
+
+
+def set_variable_commands(variables: Mapping[str, str]) -> list[tuple[str, tuple[str, str]]]:
+    """``SET VARIABLE`` commands for ``send_commands()``, in order; names checked first."""
+    commands = []
+    for name, value in variables.items():
+        if name not in _GOOD_NAMES:
+            check_variable_name(name)  # or LocalProtocolError
+        commands.append(("SET VARIABLE", (name, value)))
+    return commands
 
 
 def check_variable_name(name: str) -> str:
@@ -346,14 +358,9 @@ class AgiConnection:
         ``RemoteProtocolError`` when the peer broke the protocol (again on every later call);
         events of the same call before the fault are dropped with the connection.
         """
-        if self.state is _ERROR:
-            raise RemoteProtocolError(self._error)
-        if not data:
-            return self._closed()
-        if self._eof:
-            raise LocalProtocolError("receive_data() after EOF")
-        if self.state is _ENV:
-            return self._env_data(data)
+        state = self.state
+        if state is _ENV or state is _ERROR or state is _CLOSED or not data:
+            return self._not_lines(data)
         if self._buf:  # the start of a line came with an earlier read
             if b"\n" not in data:  # still no end: keep it, each byte copied once
                 self._buf += data
@@ -361,16 +368,20 @@ class AgiConnection:
                     self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
                 return []
             data = bytes(self._buf) + data
-        # One split per read, no search per line: bytes.find() parses its arguments the slow
-        # way, and that cost more than the rest of a reply's handling (docs/performance.md).
-        lines = data.split(b"\n")
-        tail = lines.pop()  # after the last newline: the start of a line still to come
-        if tail:
-            if len(tail) > self.max_reply_bytes:
-                self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-            self._buf = bytearray(tail)
-        else:
             self._buf = b""
+        # partition() and split(), not find(): bytes.find() parses its arguments the slow way,
+        # and that cost more than the rest of a reply's handling (docs/performance.md).
+        raw, newline, rest = data.partition(b"\n")
+        if not newline:
+            return self._partial(raw)
+        if rest:  # more than one line in this read (split: linear however many)
+            lines: Sequence[bytes] = rest.split(b"\n")
+            tail = lines.pop()  # type: ignore[attr-defined]
+            if tail:
+                self._partial(tail)
+            lines.insert(0, raw)  # type: ignore[attr-defined]
+        else:
+            lines = (raw,)  # the usual read: one whole line
         events: list[Event] = []
         for raw in lines:
             reply: Any = _RESULTS.get(raw)
@@ -387,11 +398,29 @@ class AgiConnection:
             if not queued:
                 self.state = _IDLE
             elif type(reply) is Response:
-                self._out += queued.pop()
+                line = queued.pop()
+                self._out = self._out + line if self._out else line
             else:  # 510/520: our bug; the rest of the send would only repeat it
                 self._queued = ()
                 self.state = _IDLE
         return events
+
+    def _partial(self, start: bytes) -> list[Event]:
+        """Keep the start of a line until its end comes."""
+        if len(start) > self.max_reply_bytes:
+            self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+        self._buf = bytearray(start)
+        return []
+
+    def _not_lines(self, data: bytes) -> list[Event]:
+        """``receive_data()`` in ENV, after an error, after EOF, or for EOF itself."""
+        if self.state is _ERROR:
+            raise RemoteProtocolError(self._error)
+        if not data:
+            return self._closed()
+        if self._eof:
+            raise LocalProtocolError("receive_data() after EOF")
+        return self._env_data(data)
 
     def _closed(self) -> list[Event]:
         """EOF: whatever is left unparsed is dropped, and so are commands not yet sent."""
@@ -426,7 +455,12 @@ class AgiConnection:
         # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
         request, hangup = _make_request(buf[:end].decode("utf-8", "replace"))
         self.request = request
-        self.line_limit = line_limit_for(request.agi_version)
+        limit = _LIMITS.get(request.agi_version)
+        if limit is None:  # one Asterisk has one version: the regex runs once, not per call
+            limit = line_limit_for(request.agi_version)
+            if len(_LIMITS) < 64:
+                _LIMITS[request.agi_version] = limit
+        self.line_limit = limit
         self.state = _IDLE
         self._buf = b""
         events: list[Event] = [request]
@@ -497,33 +531,33 @@ class AgiConnection:
         if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
         limit = self.line_limit
-        lines = []
+        lines: list[bytes] = []
+        append = lines.append
         try:
             for verb, args in commands:
-                prefix = _VERB_PREFIXES.get(verb)
-                if prefix is None:
-                    prefix = _verb_prefix(verb)
+                prefix, max_args = _VERB_PREFIXES.get(verb) or _verb_prefix(verb)
                 plain = "".join(args)
-                if args and plain.isprintable() and '"' not in plain and "\\" not in plain \
-                        and len(args) <= prefix[1]:
+                if plain.isprintable() and '"' not in plain and "\\" not in plain \
+                        and 0 < len(args) <= max_args:
                     # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the
                     # bytes quote() would give, built in one go
-                    data = (prefix[0] + '" "'.join(args) + '"\n').encode()
+                    data = (prefix + '" "'.join(args) + '"\n').encode()
                 else:
-                    data = _escaped(verb, args, prefix[1])
+                    data = _escaped(verb, args, max_args)
                 if len(data) > limit:
                     version = self.request.agi_version if self.request else ""
                     raise LocalProtocolError(
                         f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
                         f"{limit} (agi_version {version!r})"
                     )
-                lines.append(data)
+                append(data)
         except UnicodeEncodeError as exc:
             raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
         if not lines:
             return
         lines.reverse()  # popped from the end, in order
-        self._out += lines.pop()
+        line = lines.pop()
+        self._out = self._out + line if self._out else line
         self._queued = lines
         self.state = _WAITING
 

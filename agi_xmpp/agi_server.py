@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from .agi_channel import Channel, Command, set_variable_commands
+from .agi_channel import Channel, Command
 from .agi_protocol import (
     FAILURE_LINE,
     AgiConnection,
@@ -44,6 +44,7 @@ from .agi_protocol import (
     Request,
     Response,
     State,
+    set_variable_commands,
 )
 from .agi_registry import Script, ScriptRegistry
 from .config import DEFAULT_AGI_ALLOW, DEFAULT_AGI_BIND
@@ -179,6 +180,7 @@ class AgiSession(asyncio.Protocol):
         self.running = True
         if script is None:
             self.conn.send_failure()  # AGISTATUS=FAILURE, see AgiConnection.send_failure
+            self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
             self._finish("unknown_script")
         elif script.plain:
             self._run_plain(script, channel)
@@ -318,7 +320,7 @@ class AgiSession(asyncio.Protocol):
     # --- closing -----------------------------------------------------------------------
 
     def close(self) -> None:
-        """Write what is due, then close the connection (idempotent)."""
+        """Close the connection (idempotent); what was written still goes out first."""
         self.ended = True
         self._env_watch[0] = None
         if self._grace is not None:
@@ -326,9 +328,6 @@ class AgiSession(asyncio.Protocol):
             self._grace = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            data = self.conn.data_to_send()  # e.g. FAILURE
-            if data:
-                transport.write(data)
             transport.close()
             if transport.get_write_buffer_size():  # a peer that stopped reading
                 self.server.loop.call_later(self.server.close_timeout, transport.abort)
