@@ -25,8 +25,10 @@ States (``AgiConnection.state``)::
 * IDLE/WAITING/USAGE: one command on the wire at a time. ``send_commands()`` checks every line
   it is given before any goes out, then this object sends each as the previous one is answered:
   a ``Response`` (``200``, or ``511`` for a dead channel) lets the next line out; a
-  ``CommandFailed`` (``510``/``520``: our bug) drops the rest. A ``520-`` block is read up to its
-  ``520 End of proper usage.`` line; ``100`` lines mean "keep reading".
+  ``CommandFailed`` (``510``/``520``: our bug) drops the rest. When the send is over, one
+  ``Answered`` event carries all its replies: one send, one answer, whatever the number of
+  lines. A ``520-`` block is read up to its ``520 End of proper usage.`` line; ``100`` lines
+  mean "keep reading".
 * A ``HANGUP`` line is a notice, never a reply: ``run_agi`` writes it at the top of its loop when
   it sees the hangup, i.e. before a reply, between replies, or instead of one (the command we sent
   may be answered ``511`` on the dead channel afterwards). It yields ``HangupNotice`` in every
@@ -50,6 +52,7 @@ from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
 __all__ = [
     "FAILURE_LINE",
     "AgiConnection",
+    "Answered",
     "CommandFailed",
     "EndOfStream",
     "Env",
@@ -140,7 +143,15 @@ class EndOfStream:
     """The peer closed the connection."""
 
 
-Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
+@dataclass(slots=True)
+class Answered:
+    """Every reply to one ``send_commands()``, in order: fewer than the commands when a
+    ``CommandFailed`` (the last) dropped the rest. The wire is free again."""
+
+    replies: list[Response | CommandFailed]
+
+
+Event = Request | Answered | HangupNotice | EndOfStream
 
 
 _LIMITS: dict[str, int] = {}  # agi_version -> line limit: saves ~2.5k instructions per call
@@ -327,7 +338,7 @@ class AgiConnection:
 
     __slots__ = ("max_env_bytes", "max_reply_bytes", "state", "request", "line_limit",
                  "hangup_seen", "failure_sent", "_buf", "_scan", "_eof", "_usage", "_error",
-                 "_queued", "_out")
+                 "_queued", "_replies", "_out")
 
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
@@ -338,10 +349,10 @@ class AgiConnection:
         self.hangup_seen = False
         self.failure_sent = False
         self._buf: bytes | bytearray = b""  # the start of a line (ENV: the block) so far
-        self._scan = 0  # ENV: where the search for the blank line resumes
+        # Set only when needed (a slot read before it is set would be our bug): _scan, ENV:
+        # where the search for the blank line resumes; _usage, a 520- block being read;
+        # _error, what the peer did wrong; _replies, those of the send in flight.
         self._eof = False
-        self._usage: list[str] = []  # a 520- block being read
-        self._error = ""
         self._queued: list[bytes] | tuple[()] = ()  # lines of this send after the one on the wire
         self._out = b""  # for data_to_send()
 
@@ -392,15 +403,15 @@ class AgiConnection:
                 if type(reply) is HangupNotice:
                     events.append(reply)
                     continue
-            # A reply ends the wait, here only: the next line of this send goes out, or none.
-            events.append(reply)
+            # A reply ends the wait, here only: the next line of this send goes out, or the
+            # send is answered (a 510/520 is our bug: the rest would only repeat it).
+            self._replies.append(reply)
             queued = self._queued
-            if not queued:
-                self.state = _IDLE
-            elif type(reply) is Response:
+            if queued and type(reply) is Response:
                 line = queued.pop()
                 self._out = self._out + line if self._out else line
-            else:  # 510/520: our bug; the rest of the send would only repeat it
+            else:
+                events.append(Answered(self._replies))
                 self._queued = ()
                 self.state = _IDLE
         return events
@@ -556,6 +567,7 @@ class AgiConnection:
         if not lines:
             return
         lines.reverse()  # popped from the end, in order
+        self._replies = []
         line = lines.pop()
         self._out = self._out + line if self._out else line
         self._queued = lines

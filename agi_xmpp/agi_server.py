@@ -39,11 +39,11 @@ from .agi_channel import Channel, Command
 from .agi_protocol import (
     FAILURE_LINE,
     AgiConnection,
+    Answered,
     CommandFailed,
     HangupNotice,
     Request,
     Response,
-    State,
     set_variable_commands,
 )
 from .agi_registry import Script, ScriptRegistry
@@ -53,7 +53,6 @@ from .errors import ChannelGone, RemoteProtocolError
 __all__ = ["AgiServer", "AgiSession"]
 
 log = structlog.get_logger(__name__)
-_IDLE = State.IDLE  # a global is much cheaper to read than an Enum member
 
 # asyncio's default listen backlog is 100: a burst of more simultaneous AGI() calls (a
 # campaign, a ring group, Asterisk restarting traffic) overflows it, and each dropped SYN
@@ -75,7 +74,7 @@ class AgiSession(asyncio.Protocol):
     """One FastAGI connection: feeds its ``AgiConnection``, runs its script, always closes."""
 
     __slots__ = ("server", "conn", "transport", "channel", "task", "running", "ended", "lost",
-                 "grace_cancelled", "_waiter", "_replies", "_free", "_grace", "_env_watch",
+                 "grace_cancelled", "_waiter", "_free", "_grace", "_env_watch",
                  "_started")
 
     def __init__(self, server: AgiServer) -> None:
@@ -92,7 +91,6 @@ class AgiSession(asyncio.Protocol):
         # variables, None when the wire is free. Kept until the last reply even if the caller
         # was cancelled, so that the next command waits instead of colliding.
         self._waiter: asyncio.Future[list[Response | CommandFailed]] | _PlainScript | None = None
-        self._replies: list[Response | CommandFailed] = []
         self._free: list[asyncio.Future[None]] | None = None  # commands queued behind it
         self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
         self._env_watch: list[AgiSession | None] = [self]  # see AgiServer.watch_env
@@ -120,13 +118,8 @@ class AgiSession(asyncio.Protocol):
             return
         for event in events:
             kind = type(event)
-            if kind is Response or kind is CommandFailed:
-                if self._waiter is _PLAIN:  # a plain script's variables: only the last counts
-                    if conn.state is _IDLE:
-                        self._waiter = None
-                        self._finish("success")
-                else:
-                    self._replied(event)  # type: ignore[arg-type]
+            if kind is Answered:
+                self._answered(event.replies)  # type: ignore[union-attr]
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
@@ -137,7 +130,7 @@ class AgiSession(asyncio.Protocol):
                 self._end()
                 return
         data = conn.data_to_send()  # the next line of a send, if a reply released one
-        if data and not self.ended:
+        if data:
             self.transport.write(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> None:
@@ -154,14 +147,12 @@ class AgiSession(asyncio.Protocol):
 
     # --- events from the protocol ------------------------------------------------------
 
-    def _replied(self, reply: Response | CommandFailed) -> None:
-        """A reply to an async script's send: its caller gets them all, with the last."""
-        waiter = self._waiter
-        self._replies.append(reply)
-        if self.conn.state is not _IDLE:
-            return  # the connection sent the next line of this send
-        self._waiter = None
-        replies, self._replies = self._replies, []
+    def _answered(self, replies: list[Response | CommandFailed]) -> None:
+        """The send in flight is over: a plain script's call is done, an async one resumes."""
+        waiter, self._waiter = self._waiter, None
+        if waiter is _PLAIN:
+            self._finish("success")
+            return
         if waiter is not None and not waiter.done():  # done: its caller was cancelled
             waiter.set_result(replies)  # type: ignore[union-attr]
         if self._free:
@@ -269,7 +260,6 @@ class AgiSession(asyncio.Protocol):
         """EOF, a lost connection or a protocol error: no more commands, the caller is gone."""
         self.ended = True
         waiter, self._waiter = self._waiter, None
-        self._replies = []
         if waiter is _PLAIN:
             self._finish("success")  # as an async script's set_variables() returning False
         elif waiter is not None and not waiter.done():

@@ -6,6 +6,7 @@ import pytest
 
 from agi_xmpp.agi_protocol import (
     AgiConnection,
+    Answered,
     CommandFailed,
     EndOfStream,
     HangupNotice,
@@ -45,11 +46,11 @@ def chunkings(data: bytes) -> list[list[bytes]]:
 
 
 def feed(conn: AgiConnection, chunks: list[bytes]) -> list[object]:
-    """Feed chunks one at a time, draining events after each, as an I/O layer would."""
+    """Feed chunks one at a time, as an I/O layer would; the replies of an Answered in line."""
     events: list[object] = []
     for chunk in chunks:
         for event in conn.receive_data(chunk):
-            events.append(event)
+            events.extend(event.replies if isinstance(event, Answered) else [event])
             if isinstance(event, EndOfStream):
                 return events
     return events
@@ -294,7 +295,8 @@ def test_reply_frees_the_wire_for_the_next_command() -> None:
     assert conn.state is State.USAGE
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
-    assert isinstance(conn.receive_data(b"520 End of proper usage.\n")[0], CommandFailed)
+    (answered,) = conn.receive_data(b"520 End of proper usage.\n")
+    assert isinstance(answered.replies[0], CommandFailed)
     assert sent(conn, "NOOP") == b"NOOP\n"
 
 
@@ -365,7 +367,7 @@ def test_long_reply_within_limit_is_fine() -> None:
     """A long GET FULL VARIABLE answer (base64 of 64 KiB) parses."""
     conn = ready()
     data = b"QUJD" * 30000
-    (event,) = conn.receive_data(b"200 result=1 (" + data + b")\n")
+    (event,) = feed(conn, [b"200 result=1 (" + data + b")\n"])
     assert isinstance(event, Response) and event.data == data.decode()
 
 

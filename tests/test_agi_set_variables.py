@@ -11,7 +11,7 @@ from fake_asterisk import agi_call
 from test_agi_server import SAFETY, read_to_eof, serve  # noqa: F401
 
 from agi_xmpp.agi_channel import Channel
-from agi_xmpp.agi_protocol import AgiConnection, CommandFailed, Response, State
+from agi_xmpp.agi_protocol import AgiConnection, Answered, CommandFailed, Response, State
 from agi_xmpp.agi_registry import ScriptRegistry
 from agi_xmpp.errors import LocalProtocolError, ProtocolError
 from bench.loadgen import env_block
@@ -112,21 +112,22 @@ def ready() -> AgiConnection:
 
 
 def test_the_connection_sends_the_next_line_once_the_reply_came() -> None:
-    """send_commands() writes one line; each 200 or 511 reply lets the next one out."""
+    """send_commands() writes one line; each 200 or 511 reply lets the next one out; the last
+    reply answers the send with every reply."""
     conn = ready()
     conn.send_commands([("SET VARIABLE", ("A", "1")), ("SET VARIABLE", ("B", "2")), ("NOOP", ())])
     assert conn.data_to_send() == b'SET VARIABLE "A" "1"\n'
     assert conn.data_to_send() == b""
     with pytest.raises(LocalProtocolError):  # one send at a time
         conn.send_command("NOOP")
-    assert conn.receive_data(b"511 Command Not Permitted on a dead channel\n") == [
-        Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel")
-    ]
+    refused = Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel")
+    assert conn.receive_data(b"511 Command Not Permitted on a dead channel\n") == []
     assert conn.data_to_send() == b'SET VARIABLE "B" "2"\n'
-    assert type(conn.receive_data(b"200 result=1\n")[0]) is Response
-    assert conn.state is State.WAITING
+    assert conn.receive_data(b"200 result=1\n") == [] and conn.state is State.WAITING
     assert conn.data_to_send() == b"NOOP\n"
-    conn.receive_data(b"200 result=0\n")
+    assert conn.receive_data(b"200 result=0\n") == [Answered([
+        refused, Response(result="1", raw="200 result=1"), Response(result="0", raw="200 result=0")
+    ])]
     assert conn.state is State.IDLE and conn.data_to_send() == b""
 
 
@@ -136,7 +137,7 @@ def test_a_510_drops_the_rest_of_the_send() -> None:
     conn.send_commands([("NO SUCH", ("x",)), ("SET VARIABLE", ("B", "2"))])
     conn.data_to_send()
     assert conn.receive_data(b"510 Invalid or unknown command\n") == [
-        CommandFailed(510, "Invalid or unknown command")
+        Answered([CommandFailed(510, "Invalid or unknown command")])
     ]
     assert conn.state is State.IDLE and conn.data_to_send() == b""
 
