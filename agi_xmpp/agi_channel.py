@@ -49,10 +49,12 @@ class Channel:
     still owns the wire until Asterisk answers it.
     """
 
-    __slots__ = ("request", "hung_up", "_hangup", "_wire", "_log", "_log_context")
+    __slots__ = ("request", "line_limit", "hung_up", "_hangup", "_wire", "_log", "_log_context")
 
     def __init__(self, wire: Wire, request: Request) -> None:
         self.request = request
+        self.line_limit = wire.line_limit
+        """Longest command line (bytes, newline included) this Asterisk accepts."""
         self.hung_up = False  # what ``hangup`` says, without creating the Event
         self._hangup: asyncio.Event | None = None  # made on first use: most scripts never wait
         self._wire = wire
@@ -90,11 +92,6 @@ class Channel:
     @property
     def uniqueid(self) -> str:
         return self.request.env.get("agi_uniqueid", "")
-
-    @property
-    def line_limit(self) -> int:
-        """Longest command line (bytes, newline included) this Asterisk accepts."""
-        return self._wire.line_limit
 
     @property
     def log(self) -> Any:

@@ -173,27 +173,23 @@ class AgiSession(asyncio.Protocol):
             self.conn.send_failure()  # AGISTATUS=FAILURE, see AgiConnection.send_failure
             self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
             self._finish("unknown_script")
-        elif script.plain:
-            self._run_plain(script, channel)
-        else:
+        elif not script.plain:
             self.task = server.loop.create_task(self._run(script, channel))
+        else:  # called right here; the connection sets the variables it returns
+            try:
+                variables = script.fn(channel, server.services)
+                if variables:
+                    self.conn.send_commands(set_variable_commands(variables))  # type: ignore[arg-type]
+                    self._waiter = _PLAIN  # the send's answer finishes the call
+                    return
+            except Exception:
+                server.log.exception("agi_script_failed", uniqueid=channel.uniqueid,
+                                     script=request.script)
+                self._finish("error")
+                return
+            self._finish("success")
 
     # --- running the script ------------------------------------------------------------
-
-    def _run_plain(self, script: Script, channel: Channel) -> None:
-        """Call a plain script and hand the variables it returns to the connection."""
-        try:
-            variables = script.fn(channel, self.server.services)
-            if variables:
-                self.conn.send_commands(set_variable_commands(variables))  # type: ignore[arg-type]
-                self._waiter = _PLAIN  # the last reply finishes the call
-                return
-        except Exception:
-            self.server.log.exception("agi_script_failed", uniqueid=channel.uniqueid,
-                                      script=channel.request.script)
-            self._finish("error")
-            return
-        self._finish("success")
 
     async def _run(self, script: Script, channel: Channel) -> None:
         """An async script's task: run it, always finish the call."""

@@ -61,12 +61,10 @@ def dialplan_script(
             out[status] = "FAILURE"
         out[error] = reason
 
-    def fitted(channel: Channel, out: Variables) -> Variables:
-        too_long = oversized(channel, out)
-        if too_long:  # never cut a value: say why instead (the text stays in the archive)
-            refuse(out, too_long)
-            channel.log.info("script_failed", error=too_long)
-        return out
+    def too_long(channel: Channel, out: Variables, reason: str) -> None:
+        # Never cut a value: say why instead (the text stays in the message archive).
+        refuse(out, reason)
+        channel.log.info("script_failed", error=reason)
 
     def decorate(body: ScriptBody) -> ScriptBody:
         if inspect.iscoroutinefunction(body):
@@ -82,7 +80,10 @@ def dialplan_script(
                     failed(channel, out, exc)
                 else:
                     out[error] = ""
-                delivered = await channel.set_variables(fitted(channel, out))
+                reason = oversized(channel, out)
+                if reason:
+                    too_long(channel, out, reason)
+                delivered = await channel.set_variables(out)
                 if not delivered and undo is not None:
                     undo()
                     channel.log.info("script_result_undelivered")
@@ -98,7 +99,10 @@ def dialplan_script(
                     failed(channel, out, exc)
                 else:
                     out[error] = ""
-                return fitted(channel, out)
+                reason = oversized(channel, out)
+                if reason:
+                    too_long(channel, out, reason)
+                return out
 
         run.__name__ = body.__name__
         registry.script(name, help=help)(run)
