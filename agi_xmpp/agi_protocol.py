@@ -441,26 +441,30 @@ class AgiConnection:
         """ENV: the ``Request`` once the block is complete (a ``HangupNotice`` after it if the
         block held one, and the events of any bytes after the block); else []."""
         buf = self._buf
-        if buf:  # the block comes in pieces: search only what is new (and one byte before)
+        pieces = bool(buf)
+        if pieces:  # the block comes in pieces: search only what is new (and one byte before)
             buf += data
-            end = buf.find(b"\n\n", self._scan - 1)
-        else:
+            end = buf.find(b"\n\n", self._scan - 1)  # where its last line's "\n" is, or -1
+        else:  # partition(), not find(): find() parses its arguments the slow way
             buf = data
-            end = -1 if buf[:1] == b"\n" else buf.find(b"\n\n")
-        if buf[:1] == b"\n":
-            end = 0
-        elif end >= 0:
-            end += 1  # index of the blank line's "\n"
-        if end < 0:
+            block, blank, rest = buf.partition(b"\n\n")
+            end = len(block) if blank else -1
+        if buf[:1] == b"\n":  # an empty block: the blank line comes first
+            block, rest, size = b"", buf[1:], 1
+        elif end < 0:
             if len(buf) >= self.max_env_bytes:
                 self._fail(f"environment block longer than {self.max_env_bytes} bytes")
-            self._buf = buf if type(buf) is bytearray else bytearray(buf)
+            self._buf = buf if pieces else bytearray(buf)
             self._scan = len(buf)
             return []
-        if end + 1 > self.max_env_bytes:
+        else:
+            if pieces:
+                block, rest = buf[:end], buf[end + 2 :]
+            size = end + 2  # the block and its blank line
+        if size > self.max_env_bytes:
             self._fail(f"environment block longer than {self.max_env_bytes} bytes")
         # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
-        request, hangup = _make_request(buf[:end].decode("utf-8", "replace"))
+        request, hangup = _make_request(block.decode("utf-8", "replace"))
         self.request = request
         limit = _LIMITS.get(request.agi_version)
         if limit is None:  # one Asterisk has one version: the regex runs once, not per call
@@ -474,8 +478,8 @@ class AgiConnection:
         if hangup:
             self.hangup_seen = True
             events.append(HangupNotice())
-        if end + 1 < len(buf):  # lines after the block, in the same read
-            events += self.receive_data(bytes(buf[end + 1 :]))
+        if rest:  # lines after the block, in the same read
+            events += self.receive_data(bytes(rest))
         return events
 
     def _line(self, raw: bytes) -> Response | CommandFailed | HangupNotice | None:
