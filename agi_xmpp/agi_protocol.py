@@ -333,13 +333,14 @@ class AgiConnection:
     """One FastAGI connection, server side, with no I/O."""
 
     __slots__ = ("max_env_bytes", "max_reply_bytes", "state", "request", "line_limit",
-                 "hangup_seen", "failure_sent", "_buf", "_scan", "_eof", "_usage", "_error",
+                 "hangup_seen", "failure_sent", "_buf", "_scan", "_eof", "_lines", "_usage", "_error",
                  "_queued", "_replies", "_out")
 
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
         self.max_reply_bytes = max_reply_bytes
         self.state = _ENV
+        self._lines = False  # reading reply lines: IDLE, WAITING or USAGE
         self.request: Request | None = None
         self.line_limit = SHORT_LINE_LIMIT
         self.hangup_seen = False
@@ -365,8 +366,7 @@ class AgiConnection:
         ``RemoteProtocolError`` when the peer broke the protocol (again on every later call);
         events of the same call before the fault are dropped with the connection.
         """
-        state = self.state
-        if state is _ENV or state is _ERROR or state is _CLOSED or not data:
+        if not (self._lines and data):  # ENV, CLOSED, ERROR, or EOF now
             return self._not_lines(data)
         if self._buf:  # the start of a line came with an earlier read
             if b"\n" not in data:  # still no end: keep it, each byte copied once
@@ -432,6 +432,7 @@ class AgiConnection:
     def _closed(self) -> list[Event]:
         """EOF: whatever is left unparsed is dropped, and so are commands not yet sent."""
         self._eof = True
+        self._lines = False
         self.state = _CLOSED
         self._queued = ()
         self._buf = b""
@@ -473,6 +474,7 @@ class AgiConnection:
                 _LIMITS[request.agi_version] = limit
         self.line_limit = limit
         self.state = _IDLE
+        self._lines = True
         self._buf = b""
         events: list[Event] = [request]
         if hangup:
@@ -520,6 +522,7 @@ class AgiConnection:
 
     def _fail(self, message: str) -> None:
         self.state = _ERROR
+        self._lines = False
         self._error = message
         self._queued = ()
         raise RemoteProtocolError(message)
