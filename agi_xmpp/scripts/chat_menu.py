@@ -1,4 +1,4 @@
-"""Interactive chat menus: chat_menu (SPEC §2.5, decisions in docs/chat-menu.md).
+"""Interactive chat menus: chat_menu (docs/chat-menu.md: the reference and its decisions).
 
 Theory of operation
 -------------------

@@ -1,10 +1,10 @@
-"""Group chat: jabber_join, jabber_leave, jabber_send_group (SPEC §2.4).
+"""Group chat: jabber_join, jabber_leave, jabber_send_group (docs/features.md, "Group chat").
 
 The account's session remembers every room it is in and re-joins them on a fresh session; a
 groupchat message goes through the pool's durable outbox like a chat message, and the outbox
 resend joins a message's room (and waits for the room to confirm) before sending it again.
 
-Decisions where SPEC is silent (docs/features.md has the full list):
+Decisions where the product contract is silent (docs/features.md has the full list):
 
 - ``ROOM`` is ``room@service``; ``room@service/nick`` is accepted and its resource is the
   nickname when ``NICKNAME`` is not given.
