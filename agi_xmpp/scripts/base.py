@@ -61,10 +61,11 @@ def dialplan_script(
             out[status] = "FAILURE"
         out[error] = reason
 
-    def too_long(channel: Channel, out: Variables, reason: str) -> None:
-        # Never cut a value: say why instead (the text stays in the message archive).
-        refuse(out, reason)
-        channel.log.info("script_failed", error=reason)
+    def fit(channel: Channel, out: Variables) -> None:
+        reason = oversized(channel, out)
+        if reason:  # never cut a value: say why instead (the text stays in the archive)
+            refuse(out, reason)
+            channel.log.info("script_failed", error=reason)
 
     def decorate(body: ScriptBody) -> ScriptBody:
         if inspect.iscoroutinefunction(body):
@@ -80,9 +81,7 @@ def dialplan_script(
                     failed(channel, out, exc)
                 else:
                     out[error] = ""
-                reason = oversized(channel, out)
-                if reason:
-                    too_long(channel, out, reason)
+                fit(channel, out)
                 delivered = await channel.set_variables(out)
                 if not delivered and undo is not None:
                     undo()
@@ -99,9 +98,7 @@ def dialplan_script(
                     failed(channel, out, exc)
                 else:
                     out[error] = ""
-                reason = oversized(channel, out)
-                if reason:
-                    too_long(channel, out, reason)
+                fit(channel, out)
                 return out
 
         run.__name__ = body.__name__
