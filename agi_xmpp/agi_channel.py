@@ -32,9 +32,6 @@ class Wire(Protocol):
     """What a ``Channel`` needs from the connection it belongs to (``agi_server``'s session)."""
 
     @property
-    def line_limit(self) -> int: ...
-
-    @property
     def server_log(self) -> Any: ...
 
     async def exchange(self, commands: Sequence[Command]) -> list[Response | CommandFailed]:
@@ -51,9 +48,9 @@ class Channel:
 
     __slots__ = ("request", "line_limit", "hung_up", "_hangup", "_wire", "_log", "_log_context")
 
-    def __init__(self, wire: Wire, request: Request) -> None:
+    def __init__(self, wire: Wire, request: Request, line_limit: int) -> None:
         self.request = request
-        self.line_limit = wire.line_limit
+        self.line_limit = line_limit
         """Longest command line (bytes, newline included) this Asterisk accepts."""
         self.hung_up = False  # what ``hangup`` says, without creating the Event
         self._hangup: asyncio.Event | None = None  # made on first use: most scripts never wait

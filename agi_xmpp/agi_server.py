@@ -161,7 +161,7 @@ class AgiSession(asyncio.Protocol):
     def _begin(self, request: Request) -> None:
         self._env_watch[0] = None
         server = self.server
-        channel = self.channel = Channel(self, request)
+        channel = self.channel = Channel(self, request, self.conn.line_limit)
         self._started = time.monotonic()
         if server.debug:
             server.log.debug("agi_request_received", uniqueid=channel.uniqueid,
@@ -268,10 +268,6 @@ class AgiSession(asyncio.Protocol):
             self.close()  # no script (yet, or any more): nothing to wait for
 
     # --- used by Channel (the ``Wire`` it needs) ----------------------------------------
-
-    @property
-    def line_limit(self) -> int:
-        return self.conn.line_limit
 
     @property
     def server_log(self) -> Any:
