@@ -158,6 +158,7 @@ class Answered:
 Event = Request | Answered | HangupNotice | EndOfStream
 
 
+_QUOTE_SPACE_QUOTE = '" "'  # between two quoted arguments
 _LIMITS: dict[str, int] = {}  # agi_version -> line limit: saves ~2.5k instructions per call
 # verbs already checked -> (the verb and an opening quote, how many arguments it may take)
 _VERB_PREFIXES: dict[str, tuple[str, int]] = {}
@@ -248,7 +249,7 @@ class Env(Mapping[str, str]):
     __slots__ = ("_dict", "_text")
 
     def __init__(self, block: str) -> None:
-        self._text = "\n" + block + "\n"
+        self._text = f"\n{block}\n"  # one copy of the block, not two
         self._dict: dict[str, str] | None = None
 
     def field(self, key: str) -> str | None:
@@ -559,7 +560,7 @@ class AgiConnection:
                         and 0 < len(args) <= max_args:
                     # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the
                     # bytes quote() would give, built in one go
-                    data = (prefix + '" "'.join(args) + '"\n').encode()
+                    data = f'{prefix}{_QUOTE_SPACE_QUOTE.join(args)}"\n'.encode()
                 else:
                     data = _escaped(verb, args, max_args)
                 if len(data) > limit:
