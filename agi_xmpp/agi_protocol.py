@@ -556,10 +556,11 @@ class AgiConnection:
             for verb, args in commands:
                 prefix, max_args = _VERB_PREFIXES.get(verb) or _verb_prefix(verb)
                 plain = "".join(args)
-                if plain.isprintable() and '"' not in plain and "\\" not in plain \
-                        and 0 < len(args) <= max_args:
-                    # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the
-                    # bytes quote() would give, built in one go
+                if '"' not in plain and "\\" not in plain and "\n" not in plain \
+                        and "\r" not in plain and "\0" not in plain \
+                        and args and len(args) <= max_args:
+                    # nothing to escape or refuse: the bytes quote() would give, in one go
+                    # (five "in" tests cost half of one isprintable(), which scans per char)
                     data = f'{prefix}{_QUOTE_SPACE_QUOTE.join(args)}"\n'.encode()
                 else:
                     data = _escaped(verb, args, max_args)
