@@ -1,14 +1,17 @@
-"""Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11.
+"""Sans-I/O FastAGI connection (the Asterisk ``res_agi`` wire), in the style of h11 and websockets.
 
-Feed what the socket gave with ``receive_data(bytes)`` (``b""`` is EOF), take events with
-``next_event()`` until it returns ``NEED_DATA``, and write what ``send_command()`` returns. Nothing
-here does I/O or knows about time: deadlines live in ``agi_server``.
+Feed what the socket gave to ``receive_data(bytes)`` (``b""`` is EOF): it returns the events
+those bytes completed. Ask for commands with ``send_commands()`` (``send_command()`` for one),
+and after a call of either kind write whatever ``data_to_send()`` returns: this object decides
+what goes on the wire and when, the I/O layer only moves bytes (as in websockets). Nothing here
+does I/O or knows about time: deadlines live in ``agi_server``.
 
 Theory of operation
 -------------------
 States (``AgiConnection.state``)::
 
-    ENV ──empty line──> IDLE ──send_command()──> WAITING ──"200"/"510"/"511"/"520 "──> IDLE
+    ENV ──empty line──> IDLE ──send_commands()──> WAITING ──reply, none queued──> IDLE
+                         │                         │  ├──reply, more queued: next line out, WAITING
                          │                         │  └──"520-"──> USAGE ──"520 "──> IDLE
                          │                         └── "100 ..." swallowed, stay WAITING
                          └── send_failure() ──> IDLE, and no command may follow
@@ -19,21 +22,30 @@ States (``AgiConnection.state``)::
   ``res/res_agi.c``), preceded by ``agi_network: yes`` and ``agi_network_script: SCRIPT?QUERY``
   (``launch_netscript``). The block becomes one ``Request``; its ``env`` is parsed in full only
   if read. Bytes that are not UTF-8 become U+FFFD. Over ``max_env_bytes`` is an error.
-* IDLE/WAITING/USAGE: one command at a time. A ``200 result=X [(data)] [endpos=N]`` line is a
-  ``Response``; ``510``/``511``/``520`` are ``CommandFailed``; a ``520-`` block is read up to
-  its ``520 End of proper usage.`` line; ``100`` lines mean "keep reading".
+* IDLE/WAITING/USAGE: one command on the wire at a time. ``send_commands()`` checks every line
+  it is given before any goes out, then this object sends each as the previous one is answered:
+  a ``Response`` (``200``, or ``511`` for a dead channel) lets the next line out; a
+  ``CommandFailed`` (``510``/``520``: our bug) drops the rest. When the send is over, one
+  ``Answered`` event carries all its replies: one send, one answer, whatever the number of
+  lines. A ``520-`` block is read up to its ``520 End of proper usage.`` line; ``100`` lines
+  mean "keep reading".
 * A ``HANGUP`` line is a notice, never a reply: ``run_agi`` writes it at the top of its loop when
   it sees the hangup, i.e. before a reply, between replies, or instead of one (the command we sent
   may be answered ``511`` on the dead channel afterwards). It yields ``HangupNotice`` in every
   state but ENV; in ENV it is remembered and yielded right after the ``Request``.
 * Any other line while no command is in flight is the peer's fault.
-* EOF anywhere is a clean end: a partial line or a partial environment block is dropped.
+* EOF anywhere is a clean end: a partial line or a partial environment block is dropped, and
+  so are commands still queued.
+
+Past the ~600-line guideline on purpose: the state machine, the one-pass ``Request`` parse and
+the ``Env`` mapping it hands out are one unit (the parse and the mapping must agree on every
+rule, e.g. "the last duplicate wins"), and about a third of the file is this documentation.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -43,8 +55,8 @@ from agi_xmpp.errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
     "FAILURE_LINE",
-    "NEED_DATA",
     "AgiConnection",
+    "Answered",
     "CommandFailed",
     "EndOfStream",
     "Env",
@@ -55,6 +67,7 @@ __all__ = [
     "check_variable_name",
     "line_limit_for",
     "quote",
+    "set_variable_commands",
 ]
 
 # res_agi.c reads a command with fgets() into char buf[AGI_BUF_LEN]: at most AGI_BUF_LEN - 1
@@ -92,17 +105,6 @@ class State(Enum):
 _ENV, _IDLE, _WAITING, _USAGE, _CLOSED, _ERROR = State
 
 
-class _NeedData:
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA = _NeedData()
-"""Returned by ``next_event()`` when more bytes are needed."""
-
-
 @dataclass(slots=True)
 class Request:
     """The environment block: which script, with what. Read-only by convention: not frozen,
@@ -117,7 +119,7 @@ class Request:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Response:
-    """A ``200 result=...`` reply (``code`` 511 only when ``agi_server`` reports a dead channel)."""
+    """A ``200 result=...`` reply, or a ``511`` (the command did not run: ``result`` ``"-1"``)."""
 
     code: int = 200
     result: str
@@ -128,7 +130,7 @@ class Response:
 
 @dataclass(frozen=True, slots=True)
 class CommandFailed:
-    """``510`` unknown command, ``511`` dead channel, ``520`` bad syntax (``usage``: ``520-``)."""
+    """``510`` unknown command or ``520`` bad syntax (``usage``: the ``520-`` block): our bug."""
 
     code: int
     text: str
@@ -145,10 +147,19 @@ class EndOfStream:
     """The peer closed the connection."""
 
 
-Event = Request | Response | CommandFailed | HangupNotice | EndOfStream
+@dataclass(slots=True)
+class Answered:
+    """Every reply to one ``send_commands()``, in order: fewer than the commands when a
+    ``CommandFailed`` (the last) dropped the rest. The wire is free again."""
+
+    replies: list[Response | CommandFailed]
 
 
-_LIMITS: dict[str, int] = {}  # agi_version -> line limit (one Asterisk has one version)
+Event = Request | Answered | HangupNotice | EndOfStream
+
+
+_QUOTE_SPACE_QUOTE = '" "'  # between two quoted arguments
+_LIMITS: dict[str, int] = {}  # agi_version -> line limit: saves ~2.5k instructions per call
 # verbs already checked -> (the verb and an opening quote, how many arguments it may take)
 _VERB_PREFIXES: dict[str, tuple[str, int]] = {}
 
@@ -162,6 +173,14 @@ def _verb_prefix(verb: str) -> tuple[str, int]:
     return prefix
 
 
+def _escaped(verb: str, args: Sequence[str], max_args: int) -> bytes:
+    """``send_commands()``'s line when an argument needs escaping (or none is given), or its
+    refusal (too many words, NUL/CR/LF)."""
+    if len(args) > max_args:
+        raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
+    return (" ".join([verb, *map(quote, args)]) + "\n").encode()
+
+
 def line_limit_for(agi_version: str) -> int:
     """Longest command line (bytes, newline included) that this ``agi_version`` reads whole."""
     m = _VERSION.match(agi_version)
@@ -171,6 +190,16 @@ def line_limit_for(agi_version: str) -> int:
     if major >= 23 or minor >= _FIRST_LONG_MINOR.get(major, 1 << 30):
         return LONG_LINE_LIMIT
     return SHORT_LINE_LIMIT
+
+
+def set_variable_commands(variables: Mapping[str, str]) -> list[tuple[str, tuple[str, str]]]:
+    """``SET VARIABLE`` commands for ``send_commands()``, in order; names checked first."""
+    commands = []
+    for name, value in variables.items():
+        if name not in _GOOD_NAMES:
+            check_variable_name(name)  # or LocalProtocolError
+        commands.append(("SET VARIABLE", (name, value)))
+    return commands
 
 
 def check_variable_name(name: str) -> str:
@@ -220,7 +249,7 @@ class Env(Mapping[str, str]):
     __slots__ = ("_dict", "_text")
 
     def __init__(self, block: str) -> None:
-        self._text = "\n" + block + "\n"
+        self._text = f"\n{block}\n"  # one copy of the block, not two
         self._dict: dict[str, str] | None = None
 
     def field(self, key: str) -> str | None:
@@ -280,25 +309,21 @@ def _make_request(block: str) -> tuple[Request, bool]:
     """
     env = Env(block)
     text = env._text
-    at = text.rfind(_SCRIPT_KEY)
-    if at >= 0:
-        at += len(_SCRIPT_KEY)
-        target, _, query = text[at : text.index("\n", at)].partition("?")
+    # rpartition()/partition(), not rfind()/index(): those parse their arguments the slow way,
+    # which cost more than the searches themselves (docs/performance.md).
+    _, found, rest = text.rpartition(_SCRIPT_KEY)
+    if found:
+        target, _, query = rest.partition("\n")[0].partition("?")
     else:
         target = query = ""
     args = []
     for key in _ARG_KEYS:  # agi_arg_1, agi_arg_2, ... up to the first one missing
-        at = text.rfind(key)
-        if at < 0:
+        _, found, rest = text.rpartition(key)
+        if not found:
             break
-        at += len(key)
-        args.append(text[at : text.index("\n", at)])
-    at = text.rfind(_VERSION_KEY)
-    if at >= 0:
-        at += len(_VERSION_KEY)
-        version = text[at : text.index("\n", at)]
-    else:
-        version = ""
+        args.append(rest.partition("\n")[0])
+    _, found, rest = text.rpartition(_VERSION_KEY)
+    version = rest.partition("\n")[0] if found else ""
     request = Request(  # positional: keywords cost a third more here
         env,
         target.strip("/").lower(),
@@ -313,262 +338,252 @@ class AgiConnection:
     """One FastAGI connection, server side, with no I/O."""
 
     __slots__ = ("max_env_bytes", "max_reply_bytes", "state", "request", "line_limit",
-                 "hangup_seen", "failure_sent", "_buf", "_pos", "_scan", "_eof",
-                 "_hangup_queued", "_usage", "_error")
+                 "hangup_seen", "failure_sent", "_buf", "_scan", "_eof", "_lines", "_usage", "_error",
+                 "_queued", "_replies", "_out")
 
     def __init__(self, max_env_bytes: int = 65536, max_reply_bytes: int = 1 << 20) -> None:
         self.max_env_bytes = max_env_bytes
         self.max_reply_bytes = max_reply_bytes
         self.state = _ENV
+        self._lines = False  # reading reply lines: IDLE, WAITING or USAGE
         self.request: Request | None = None
         self.line_limit = SHORT_LINE_LIMIT
         self.hangup_seen = False
         self.failure_sent = False
-        self._buf: bytes | bytearray = b""
-        self._pos = 0  # start of the unparsed bytes in _buf
-        self._scan = 0  # ENV: where the search for the blank line resumes
+        self._buf: bytes | bytearray = b""  # the start of a line (ENV: the block) so far
+        # Set only when needed (a slot read before it is set would be our bug): _scan, ENV:
+        # where the search for the blank line resumes; _usage, a 520- block being read;
+        # _error, what the peer did wrong; _replies, those of the send in flight.
         self._eof = False
-        self._hangup_queued = False  # a HANGUP line inside the env block, due after the Request
-        self._usage: list[str] = []  # a 520- block being read
-        self._error = ""
+        self._queued: list[bytes] | tuple[()] = ()  # lines of this send after the one on the wire
+        self._out = b""  # for data_to_send()
 
     def __repr__(self) -> str:
-        return f"<AgiConnection {self.state.value} buffered={len(self._buf) - self._pos}>"
+        return f"<AgiConnection {self.state.value} buffered={len(self._buf)}>"
 
     # --- input -----------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Buffer bytes from the peer; ``b""`` means the peer closed the connection."""
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer (``b""``: it closed); return the events they complete.
+
+        In order: the ``Request`` (then a ``HangupNotice`` if the block held a ``HANGUP``),
+        replies, notices, and ``EndOfStream`` once closed (again on every later call). Raises
+        ``RemoteProtocolError`` when the peer broke the protocol (again on every later call);
+        events of the same call before the fault are dropped with the connection.
+        """
+        if not (self._lines and data):  # ENV, CLOSED, ERROR, or EOF now
+            return self._not_lines(data)
+        if self._buf:  # the start of a line came with an earlier read
+            if b"\n" not in data:  # still no end: keep it, each byte copied once
+                self._buf += data
+                if len(self._buf) > self.max_reply_bytes:
+                    self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+                return []
+            data = bytes(self._buf) + data
+            self._buf = b""
+        # partition() and split(), not find(): bytes.find() parses its arguments the slow way,
+        # and that cost more than the rest of a reply's handling (docs/performance.md).
+        raw, newline, rest = data.partition(b"\n")
+        if not newline:
+            return self._partial(raw)
+        if rest:  # more than one line in this read (split: linear however many)
+            lines: Sequence[bytes] = rest.split(b"\n")
+            tail = lines.pop()  # type: ignore[attr-defined]
+            if tail:
+                self._partial(tail)
+            lines.insert(0, raw)  # type: ignore[attr-defined]
+        else:
+            lines = (raw,)  # the usual read: one whole line
+        events: list[Event] = []
+        for raw in lines:
+            reply: Any = _RESULTS.get(raw)
+            if reply is None or self.state is not _WAITING:
+                reply = self._line(raw)
+                if reply is None:  # 100, a line of a 520- block
+                    continue
+                if type(reply) is HangupNotice:
+                    events.append(reply)
+                    continue
+            # A reply ends the wait, here only: the next line of this send goes out, or the
+            # send is answered (a 510/520 is our bug: the rest would only repeat it).
+            self._replies.append(reply)
+            queued = self._queued
+            if queued and type(reply) is Response:
+                line = queued.pop()
+                self._out = self._out + line if self._out else line
+            else:
+                events.append(Answered(self._replies))
+                self._queued = ()
+                self.state = _IDLE
+        return events
+
+    def _partial(self, start: bytes) -> list[Event]:
+        """Keep the start of a line until its end comes."""
+        if len(start) > self.max_reply_bytes:
+            self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+        self._buf = bytearray(start)
+        return []
+
+    def _not_lines(self, data: bytes) -> list[Event]:
+        """``receive_data()`` in ENV, after an error, after EOF, or for EOF itself."""
+        if self.state is _ERROR:
+            raise RemoteProtocolError(self._error)
         if not data:
-            self._eof = True
-            return
+            return self._closed()
         if self._eof:
             raise LocalProtocolError("receive_data() after EOF")
-        buf, pos = self._buf, self._pos
-        if pos >= len(buf):  # all parsed (the usual case): keep the chunk itself, no copy
-            self._buf = data if type(data) is bytes else bytes(data)
-            self._pos = self._scan = 0
-            return
-        if pos or type(buf) is not bytearray:
-            buf = bytearray(memoryview(buf)[pos:])
-            self._scan -= pos
-            self._pos = 0
-        buf += data
-        self._buf = buf
+        return self._env_data(data)
 
-    def receive_reply(self, data: bytes) -> Response | None:
-        """``receive_data(data)`` and ``next_event()`` in one call, for the usual case only.
+    def _closed(self) -> list[Event]:
+        """EOF: whatever is left unparsed is dropped, and so are commands not yet sent."""
+        self._eof = True
+        self._lines = False
+        self.state = _CLOSED
+        self._queued = ()
+        self._buf = b""
+        return [EndOfStream()]
 
-        When ``data`` is exactly one whole ``200 result=...`` line answering the command in
-        flight, with nothing else buffered, it is consumed and its ``Response`` returned (the
-        state is what the general path leaves). Otherwise nothing is consumed and the result is
-        None: feed the same bytes to ``receive_data()``. One reply per read is what Asterisk
-        sends almost always, so this saves the general path's bookkeeping on most reads.
-        """
-        if self.state is not _WAITING or self._pos < len(self._buf) or self._eof:
-            return None
-        response = _PLAIN_REPLIES.get(data) if type(data) is bytes else None
-        if response is None:
-            if (data[-1:] != b"\n" or data[:11] != b"200 result=" or type(data) is not bytes
-                    or data.find(b"\n") != len(data) - 1 or len(data) > self.max_reply_bytes):
-                return None
-            response = _parse_result(data[:-1].decode("utf-8", "replace"))
-            if response.data is None and len(_PLAIN_REPLIES) < 64:
-                _PLAIN_REPLIES[data] = response
-        self.state = _IDLE
-        return response
-
-    def drained(self) -> bool:
-        """True when ``next_event()`` can only return ``NEED_DATA`` until more bytes arrive.
-
-        Everything received is parsed, no event is due and the peer has not closed: the I/O
-        layer skips that last call after the usual one-line reply (one call in two)."""
-        return (self._pos >= len(self._buf) and not self._eof and not self._hangup_queued
-                and self.state is not _ENV)
-
-    def next_event(self) -> Event | _NeedData:
-        """Parse the next event, or return ``NEED_DATA``; raises only ``RemoteProtocolError``."""
-        if self._hangup_queued:
-            self._hangup_queued = False
-            return HangupNotice()
-        state = self.state
-        if state is _ENV:
-            return self._next_env()
-        if state is _CLOSED:
-            return EndOfStream()
-        if state is _ERROR:
-            raise RemoteProtocolError(self._error)
+    def _env_data(self, data: bytes) -> list[Event]:
+        """ENV: the ``Request`` once the block is complete (a ``HangupNotice`` after it if the
+        block held one, and the events of any bytes after the block); else []."""
         buf = self._buf
-        while True:
-            nl = buf.find(b"\n", self._pos)
-            if nl < 0:
-                if len(buf) - self._pos > self.max_reply_bytes:
-                    self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-                if self._eof:
-                    self.state = _CLOSED
-                    return EndOfStream()
-                return NEED_DATA
-            if nl - self._pos > self.max_reply_bytes:
-                self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
-            line = buf[self._pos : nl].decode("utf-8", "replace")
-            self._pos = nl + 1
-            if state is _WAITING and line[:11] == "200 result=":  # the usual reply
-                self.state = _IDLE
-                return _parse_result(line)
-            event = self._on_line(line)
-            state = self.state
-            if event is not None:
-                return event
-
-    def _next_env(self) -> Event | _NeedData:
-        buf = self._buf
-        if buf[:1] == b"\n":
-            end = 0
-        else:
-            end = buf.find(b"\n\n", self._scan - 1 if self._scan else 0)
-            if end >= 0:
-                end += 1  # index of the blank line's "\n"
-        if end < 0:
+        pieces = bool(buf)
+        if pieces:  # the block comes in pieces: search only what is new (and one byte before)
+            buf += data
+            end = buf.find(b"\n\n", self._scan - 1)  # where its last line's "\n" is, or -1
+        else:  # partition(), not find(): find() parses its arguments the slow way
+            buf = data
+            block, blank, rest = buf.partition(b"\n\n")
+            end = len(block) if blank else -1
+        if buf[:1] == b"\n":  # an empty block: the blank line comes first
+            block, rest, size = b"", buf[1:], 1
+        elif end < 0:
             if len(buf) >= self.max_env_bytes:
                 self._fail(f"environment block longer than {self.max_env_bytes} bytes")
-            if self._eof:
-                self.state = _CLOSED
-                return EndOfStream()
+            self._buf = buf if pieces else bytearray(buf)
             self._scan = len(buf)
-            return NEED_DATA
-        if end + 1 > self.max_env_bytes:
+            return []
+        else:
+            if pieces:
+                block, rest = buf[:end], buf[end + 2 :]
+            size = end + 2  # the block and its blank line
+        if size > self.max_env_bytes:
             self._fail(f"environment block longer than {self.max_env_bytes} bytes")
         # "\n" never occurs inside a UTF-8 sequence, so decoding before splitting is safe.
-        block = buf[:end].decode("utf-8", "replace")
-        if end + 1 == len(buf):  # the usual read: the block and nothing else. The Env keeps
-            self._buf = b""  # the text; the bytes need not live as long as the call does
-            self._pos = self._scan = 0
-        else:
-            self._pos = end + 1
-        request, hangup = _make_request(block)
+        request, hangup = _make_request(block.decode("utf-8", "replace"))
         self.request = request
         limit = _LIMITS.get(request.agi_version)
-        if limit is None:
+        if limit is None:  # one Asterisk has one version: the regex runs once, not per call
             limit = line_limit_for(request.agi_version)
             if len(_LIMITS) < 64:
                 _LIMITS[request.agi_version] = limit
         self.line_limit = limit
         self.state = _IDLE
+        self._lines = True
+        self._buf = b""
+        events: list[Event] = [request]
         if hangup:
             self.hangup_seen = True
-            self._hangup_queued = True
-        return request
+            events.append(HangupNotice())
+        if rest:  # lines after the block, in the same read
+            events += self.receive_data(bytes(rest))
+        return events
 
-    def _on_line(self, line: str) -> Event | None:
-        if line == "HANGUP":
-            self.hangup_seen = True
-            return HangupNotice()
+    def _line(self, raw: bytes) -> Response | CommandFailed | HangupNotice | None:
+        """Any line but the usual ``200`` reply: a reply, a notice, or None to keep reading."""
+        if len(raw) > self.max_reply_bytes:
+            self._fail(f"reply line longer than {self.max_reply_bytes} bytes")
+        line = raw.decode("utf-8", "replace")
         state = self.state
         if state is _WAITING:
+            if line[:11] == "200 result=":
+                return _parse_result(line, raw)
             code = line[:4]
-            if code == "200 ":  # "200 result=" took the fast path in next_event()
-                self._fail(f"malformed 200 reply {_brief(line)}")
+            if code == "511 ":  # res_agi.c: the command did not run (dead channel, intercept)
+                return Response(code=511, result="-1", raw=line)
+            if code == "510 " or code == "520 ":
+                return CommandFailed(int(line[:3]), line[4:])
             if code == "100 " or code == "100-":  # "100 Trying...": keep reading
                 return None
-            if code in ("510 ", "511 ", "520 "):
-                self.state = _IDLE
-                return CommandFailed(int(line[:3]), line[4:])
             if code == "520-":
                 self.state = _USAGE
                 self._usage = [line[4:]]
                 return None
-            self._fail(f"unexpected reply {_brief(line)}")
-        if state is _USAGE:
+        elif state is _USAGE:
             if line[:4] == "520 ":  # res_agi.c: "520 End of proper usage."
                 first, *usage = self._usage
                 self._usage = []
-                self.state = _IDLE
                 return CommandFailed(520, first, "\n".join(usage))
-            self._usage.append(line)
-            return None
+            if line != "HANGUP":
+                self._usage.append(line)
+                return None
+        if line == "HANGUP":
+            self.hangup_seen = True
+            return HangupNotice()
+        if state is _WAITING:
+            self._fail(f"unexpected reply {_brief(line)}")
         self._fail(f"unexpected line with no command in flight: {_brief(line)}")
         return None  # not reached
 
     def _fail(self, message: str) -> None:
         self.state = _ERROR
+        self._lines = False
         self._error = message
+        self._queued = ()
         raise RemoteProtocolError(message)
 
     # --- output ----------------------------------------------------------------------------
 
-    def send_command(self, verb: str, *args: str) -> bytes:
-        """Return the bytes of one command line with every argument quoted.
+    def send_command(self, verb: str, *args: str) -> None:
+        """``send_commands([(verb, args)])``: one command, every argument quoted."""
+        self.send_commands(((verb, args),))
 
-        Raises ``LocalProtocolError`` (nothing to send) for NUL/CR/LF, a line longer than this
-        Asterisk reads whole, too many words, or when the previous command is still unanswered.
+    def send_commands(self, commands: Iterable[tuple[str, Sequence[str]]]) -> None:
+        """Send ``(verb, args)`` commands in order, each once the previous one is answered.
+
+        The one encoder: ``verb "arg" "arg"...\\n``, every argument quoted. Every line is
+        checked before the first goes out: ``LocalProtocolError`` (nothing sent) for NUL/CR/LF,
+        a line longer than this Asterisk reads whole, too many words, a bad verb, or when a
+        command is already in flight. Each reply is an event; the state is ``IDLE`` again once
+        the last is answered or a ``510``/``520`` dropped the rest.
         """
         if self.state is not _IDLE or self.failure_sent:
             self._check_can_send()
-        data = self.encode_command(verb, *args)
-        self.state = _WAITING
-        return data
-
-    def send_encoded(self, data: bytes) -> bytes:
-        """``send_command()`` for a line ``encode_command()`` already made and checked."""
-        if self.state is not _IDLE or self.failure_sent:
-            self._check_can_send()
-        self.state = _WAITING
-        return data
-
-    def encode_command(self, verb: str, *args: str) -> bytes:
-        """The line ``send_command(verb, *args)`` would send, checked, without sending it.
-
-        For commands that go out one after another (``send_encoded``): all of them are checked
-        before the first leaves. Raises ``LocalProtocolError`` as ``send_command`` does.
-        """
-        prefix = _VERB_PREFIXES.get(verb)
-        if prefix is None:
-            prefix = _verb_prefix(verb)
-        if len(args) > prefix[1]:
-            raise LocalProtocolError(f"more than {MAX_WORDS} words in one AGI command")
-        plain = "".join(args)
-        if not args:
-            line = verb + "\n"
-        elif plain.isprintable() and '"' not in plain and "\\" not in plain:
-            # nothing to escape (isprintable() is False for NUL, CR, LF, TAB...): the bytes
-            # quote() would give, built in one go
-            line = prefix[0] + '" "'.join(args) + '"\n'
-        else:
-            line = " ".join([verb, *map(quote, args)]) + "\n"  # escapes, or refuses
+        limit = self.line_limit
+        lines: list[bytes] = []
+        append = lines.append
         try:
-            data = line.encode()
+            for verb, args in commands:
+                prefix, max_args = _VERB_PREFIXES.get(verb) or _verb_prefix(verb)
+                plain = "".join(args)
+                if '"' not in plain and "\\" not in plain and "\n" not in plain \
+                        and "\r" not in plain and "\0" not in plain \
+                        and args and len(args) <= max_args:
+                    # nothing to escape or refuse: the bytes quote() would give, in one go
+                    # (five "in" tests cost half of one isprintable(), which scans per char)
+                    data = f'{prefix}{_QUOTE_SPACE_QUOTE.join(args)}"\n'.encode()
+                else:
+                    data = _escaped(verb, args, max_args)
+                if len(data) > limit:
+                    version = self.request.agi_version if self.request else ""
+                    raise LocalProtocolError(
+                        f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
+                        f"{limit} (agi_version {version!r})"
+                    )
+                append(data)
         except UnicodeEncodeError as exc:
             raise LocalProtocolError("an AGI argument is not encodable as UTF-8") from exc
-        if len(data) > self.line_limit:
-            version = self.request.agi_version if self.request else ""
-            raise LocalProtocolError(
-                f"AGI command of {len(data)} bytes is over this Asterisk's limit of "
-                f"{self.line_limit} (agi_version {version!r})"
-            )
-        return data
+        if not lines:
+            return
+        lines.reverse()  # popped from the end, in order
+        self._replies = []
+        line = lines.pop()
+        self._out = self._out + line if self._out else line
+        self._queued = lines
+        self.state = _WAITING
 
-    def encode_set_variables(self, variables: Mapping[str, str]) -> list[bytes]:
-        """``encode_command("SET VARIABLE", name, value)`` for each pair, names checked too.
-
-        The same bytes, made without the general path for the usual value (printable, nothing
-        to escape); ``LocalProtocolError`` for a bad name or an unsendable value, before any
-        line is returned.
-        """
-        lines = []
-        limit = self.line_limit
-        for name, value in variables.items():
-            if name not in _GOOD_NAMES:
-                check_variable_name(name)  # a valid name needs no escaping
-            if value.isprintable() and '"' not in value and "\\" not in value:
-                line = ('SET VARIABLE "' + name + '" "' + value + '"\n').encode()
-                if len(line) <= limit:
-                    lines.append(line)
-                    continue
-            lines.append(self.encode_command("SET VARIABLE", name, value))  # or its error
-        return lines
-
-    def send_failure(self) -> bytes:
-        """Return the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
+    def send_failure(self) -> None:
+        """Send the line that makes Asterisk end the AGI with ``AGISTATUS=FAILURE``.
 
         res_agi.c run_agi(): a line read from the script that starts with "failure"
         (strncasecmp, 7 chars; "Special case for inability to execute child process") sets
@@ -578,7 +593,13 @@ class AgiConnection:
         """
         self._check_can_send()
         self.failure_sent = True
-        return FAILURE_LINE
+        self._out += FAILURE_LINE
+
+    def data_to_send(self) -> bytes:
+        """The bytes to write now (``b""`` when there are none); each is returned once."""
+        data = self._out
+        self._out = b""
+        return data
 
     def _check_can_send(self) -> None:
         state = self.state
@@ -599,21 +620,19 @@ def _brief(line: str) -> str:
     return f"{line[:4]!r}... ({len(line)} chars)"
 
 
-_PLAIN_RESULTS: dict[str, Response] = {}  # "200 result=1" and friends: immutable, so shared
-_PLAIN_REPLIES: dict[bytes, Response] = {}  # the same, keyed by the whole line as it arrives
+# "200 result=1" and friends, by the bytes of the line: immutable, so shared. The one cache of
+# replies: a dict lookup instead of a decode and a parse for nearly every reply.
+_RESULTS: dict[bytes, Response] = {}
 
 
-def _parse_result(line: str) -> Response:
-    """Parse a line that starts with "200 result="."""
-    response = _PLAIN_RESULTS.get(line)
-    if response is not None:
-        return response
+def _parse_result(line: str, raw: bytes) -> Response:
+    """Parse a line that starts with "200 result=" (``raw``: its bytes)."""
     rest = line[11:]
     space = rest.find(" ")
     if space < 0:  # the common "200 result=1"
         response = Response(result=rest, raw=line)
-        if len(_PLAIN_RESULTS) < 64:
-            _PLAIN_RESULTS[line] = response
+        if len(_RESULTS) < 64:
+            _RESULTS[raw] = response
         return response
     m = _RESULT_TAIL.fullmatch(rest, space)
     assert m is not None  # the last alternative matches anything
@@ -621,4 +640,3 @@ def _parse_result(line: str) -> Response:
     return Response(
         result=rest[:space], data=m["data"], raw=line, endpos=int(endpos) if endpos else None
     )
-

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 import structlog
 
 from .archive_quota import ArchiveQuota
+from .agi_server import AgiServer
 from .config import Config
 from .conn_limits import plan_budgets, raise_nofile_limit
 from .inbox import GROUPCHAT, InboundMessage
 from .presence import PresenceCache
 from .state_files import ensure_private_dir
+from .scripts import registry
 from .storage import AsyncStorage, Storage
 from .xmpp_pool import XmppPool
 
@@ -70,9 +72,7 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run the whole service until SIGINT/SIGTERM (or ``stop`` is set)."""
-    from .agi_server import AgiServer
-    from .http_api import start_http
-    from .scripts import registry
+    from .http_api import start_http  # http_api imports Services from here: still a cycle
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

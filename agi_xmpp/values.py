@@ -11,9 +11,9 @@ import base64
 import binascii
 import re
 
-from agi_xmpp.errors import RemoteProtocolError
+from agi_xmpp.errors import RemoteProtocolError, ScriptError
 
-__all__ = ["b64", "decode_b64_value", "sanitize"]
+__all__ = ["b64", "check_message_size", "decode_b64_value", "sanitize"]
 
 # C0 controls (CR, LF, TAB, NUL...), DEL, C1 controls (NEL included), LINE and PARAGRAPH SEPARATOR.
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -57,3 +57,10 @@ def decode_b64_value(value: str) -> str:
             f"a BASE64_ENCODE value that is not base64 ({len(value)} chars)"
         ) from None
     return raw.decode("utf-8", "replace")
+
+
+def check_message_size(text: str, limit: int, what: str = "message") -> None:
+    """Raise ``ScriptError`` when the UTF-8 form of ``text`` is over ``max_message_bytes``."""
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise ScriptError(f"{what} is {size} bytes, more than max_message_bytes ({limit})")

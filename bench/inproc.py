@@ -29,31 +29,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agi_xmpp.agi_server import AgiServer, _Session
-from agi_xmpp.config import AccountConfig, BindAddress, Config, GeneralConfig
-from agi_xmpp.jid import parse_jid
+from agi_xmpp.agi_server import AgiServer, AgiSession
 from agi_xmpp.logs import configure as configure_logging
-from agi_xmpp.presence import PresenceCache
 from agi_xmpp.scripts import registry
+from bench.fake_services import FakeServices
 from bench.floors import FloorProtocol
 from bench.loadgen import env_block
 
 _OK = b"200 result=1\n"
-
-
-class FakeServices:
-    """What jabber_status reads: the config and the presence cache (no XMPP, no database)."""
-
-    def __init__(self) -> None:
-        account = AccountConfig(name="asterisk", username="asterisk@localhost", secret="x")
-        general = GeneralConfig(default_account="asterisk",
-                                agi_bind=BindAddress("127.0.0.1", 0))
-        self.config = Config(path=None, general=general, accounts={"asterisk": account},
-                             directory=())
-        self.presence = PresenceCache()
-        self.presence.set_roster("asterisk", ["alice@localhost"])
-        self.presence.update("asterisk", parse_jid("alice@localhost/desk"), available=True,
-                             show="away", priority=0, status="In a meeting until 3")
 
 
 class _FakeTransport(asyncio.Transport):
@@ -114,7 +97,7 @@ async def measure(calls: int, repeats: int, profile: bool, floor: bool) -> list[
     server = AgiServer(registry, FakeServices(), bind=("127.0.0.1", 0))
     await server.start()
     block = env_block("jabber_status", ["asterisk", "alice@localhost"])
-    make_protocol: Any = lambda: _Session(server)  # noqa: E731
+    make_protocol: Any = lambda: AgiSession(server)  # noqa: E731
     if floor:  # the same four lines jabber_status sends, from the Protocol floor
         lines = [b'SET VARIABLE "JABBER_STATUS" "3"\n', b'SET VARIABLE "JABBER_STATUS_SHOW" "away"\n',
                  b'SET VARIABLE "JABBER_STATUS_MESSAGE" "In a meeting until 3"\n',

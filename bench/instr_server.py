@@ -1,7 +1,7 @@
 """``python -m bench.instr_server --port P``: agi-xmpp's FastAGI server alone, for callgrind.
 
 The real ``AgiServer`` and scripts on uvloop; the config and presence cache ``jabber_status``
-reads are in memory, as in ``bench.inproc`` (no XMPP session, no database: they are not on
+reads are in memory (``bench.fake_services``) (no XMPP session, no database: they are not on
 jabber_status's path, and a TLS session under valgrind would only slow the start). Prints
 ``ready`` once listening. With ``PYTHONPATH`` pointing at another tree, that tree is measured.
 """
@@ -18,7 +18,7 @@ async def serve(port: int) -> None:
     from agi_xmpp.agi_server import AgiServer
     from agi_xmpp.logs import configure
     from agi_xmpp.scripts import registry
-    from bench.inproc import FakeServices
+    from bench.fake_services import FakeServices
 
     configure("info")
     server = AgiServer(registry, FakeServices(), bind=("127.0.0.1", port))

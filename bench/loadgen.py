@@ -38,15 +38,21 @@ _uniqueids = itertools.count(1)
 
 def env_block(
     script: str,
-    args: Sequence[str] = (),
+    args: Sequence[str | bytes] = (),
     *,
     host: str = "127.0.0.1",
     port: int = 4573,
     uniqueid: str = "1700000000.1",
     agi_version: str = "22.6.0",
     extra: Mapping[str, str] | None = None,
+    raw: bytes = b"",
 ) -> bytes:
-    """The bytes ``res_agi.c`` writes for one FastAGI call (launch_netscript + setup_env)."""
+    """The bytes ``res_agi.c`` writes for one FastAGI call (launch_netscript + setup_env).
+
+    The one builder of the block, for the bench and the tests: ``extra`` adds or replaces
+    ``agi_*`` entries, an argument may be raw bytes (any encoding), and ``raw`` goes just before
+    the blank line (a ``HANGUP`` line inside the block, say).
+    """
     env = {
         "agi_network": "yes",
         "agi_network_script": script,
@@ -72,9 +78,11 @@ def env_block(
         "agi_threadid": "140737353947840",
     }
     env.update(extra or {})
+    block = "".join(f"{k}: {v}\n" for k, v in env.items()).encode()
     for n, value in enumerate(args, start=1):
-        env[f"agi_arg_{n}"] = value
-    return "".join(f"{k}: {v}\n" for k, v in env.items()).encode() + b"\n"
+        block += f"agi_arg_{n}: ".encode() + (value if isinstance(value, bytes) else value.encode())
+        block += b"\n"
+    return block + raw + b"\n"
 
 
 class _EnvFactory:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agi_xmpp.agi_protocol import (
-    NEED_DATA,
     AgiConnection,
+    Answered,
     CommandFailed,
     EndOfStream,
     HangupNotice,
@@ -46,24 +46,28 @@ def chunkings(data: bytes) -> list[list[bytes]]:
 
 
 def feed(conn: AgiConnection, chunks: list[bytes]) -> list[object]:
-    """Feed chunks one at a time, draining events after each, as an I/O layer would."""
+    """Feed chunks one at a time, as an I/O layer would; the replies of an Answered in line."""
     events: list[object] = []
     for chunk in chunks:
-        conn.receive_data(chunk)
-        while (event := conn.next_event()) is not NEED_DATA:
-            events.append(event)
+        for event in conn.receive_data(chunk):
+            events.extend(event.replies if isinstance(event, Answered) else [event])
             if isinstance(event, EndOfStream):
                 return events
     return events
 
 
+def sent(conn: AgiConnection, verb: str, *args: str) -> bytes:
+    """send_command(), then the bytes it gave to write."""
+    conn.send_command(verb, *args)
+    return conn.data_to_send()
+
+
 def ready(env: bytes = ENV, command: tuple[str, ...] | None = ("NOOP",)) -> AgiConnection:
     """A connection past its environment block, with one command in flight."""
     conn = AgiConnection()
-    conn.receive_data(env)
-    assert isinstance(conn.next_event(), Request)
+    assert isinstance(conn.receive_data(env)[0], Request)
     if command is not None:
-        conn.send_command(*command)
+        sent(conn, *command)
     return conn
 
 
@@ -91,10 +95,8 @@ def test_env_block_becomes_one_request(chunks: list[bytes]) -> None:
 def test_env_with_junk_after_keeps_junk_for_later() -> None:
     """Bytes after the blank line are not part of the request; an incomplete line waits."""
     conn = AgiConnection()
-    conn.receive_data(ENV + b"HANGUP\n200 res")
-    assert isinstance(conn.next_event(), Request)
-    assert conn.next_event() == HangupNotice()
-    assert conn.next_event() is NEED_DATA
+    events = conn.receive_data(ENV + b"HANGUP\n200 res")
+    assert [type(e) for e in events] == [Request, HangupNotice]
 
 
 @pytest.mark.parametrize(
@@ -110,8 +112,7 @@ def test_env_with_junk_after_keeps_junk_for_later() -> None:
 def test_script_and_options(script_line: bytes, script: str, options: dict[str, str]) -> None:
     """agi_network_script splits into a lower-cased script and percent-decoded options."""
     conn = AgiConnection()
-    conn.receive_data(b"agi_network: yes\n" + script_line + b"agi_arg_1: x\n\n")
-    request = conn.next_event()
+    (request,) = conn.receive_data(b"agi_network: yes\n" + script_line + b"agi_arg_1: x\n\n")
     assert isinstance(request, Request)
     assert (request.script, request.options, request.args) == (script, options, ("x",))
 
@@ -134,8 +135,7 @@ def test_env_invalid_utf8_is_replaced_not_fatal() -> None:
 def test_empty_env_block_is_a_request() -> None:
     """A lone blank line is an (empty) environment block."""
     conn = AgiConnection()
-    conn.receive_data(b"\n")
-    request = conn.next_event()
+    (request,) = conn.receive_data(b"\n")
     assert isinstance(request, Request) and request.script == "" and request.args == ()
     assert conn.line_limit == 2047
 
@@ -145,8 +145,7 @@ def test_env_limit_exact_size_is_accepted() -> None:
     block = b"agi_x: " + b"y" * (100 - 7 - 2) + b"\n\n"
     assert len(block) == 100
     conn = AgiConnection(max_env_bytes=100)
-    conn.receive_data(block)
-    assert isinstance(conn.next_event(), Request)
+    assert isinstance(conn.receive_data(block)[0], Request)
 
 
 @pytest.mark.parametrize("complete", [True, False])
@@ -154,12 +153,11 @@ def test_env_limit_one_byte_over_is_refused(complete: bool) -> None:
     """A block over max_env_bytes is the peer's fault, finished or not."""
     block = b"agi_x: " + b"y" * (101 - 7 - 2) + b"\n\n"
     conn = AgiConnection(max_env_bytes=100)
-    conn.receive_data(block if complete else block[:-1])
     with pytest.raises(RemoteProtocolError):
-        conn.next_event()
+        conn.receive_data(block if complete else block[:-1])
     assert conn.state is State.ERROR
     with pytest.raises(RemoteProtocolError):
-        conn.next_event()
+        conn.receive_data(b"\n")
 
 
 def test_env_limit_bytewise() -> None:
@@ -167,8 +165,7 @@ def test_env_limit_bytewise() -> None:
     conn = AgiConnection(max_env_bytes=64)
     with pytest.raises(RemoteProtocolError):
         for _ in range(65):
-            conn.receive_data(b"a")
-            assert conn.next_event() is NEED_DATA
+            assert conn.receive_data(b"a") == []
 
 
 @pytest.mark.parametrize("cut", [0, 1, 20, len(ENV) - 1])
@@ -177,7 +174,7 @@ def test_eof_mid_env_is_a_clean_end(cut: int) -> None:
     conn = AgiConnection()
     events = feed(conn, [ENV[:cut], b""])
     assert events == [EndOfStream()]
-    assert conn.next_event() == EndOfStream()
+    assert conn.receive_data(b"") == [EndOfStream()]
     assert conn.state is State.CLOSED
 
 
@@ -229,7 +226,8 @@ REPLIES = [
     (b"510 Invalid or unknown command\n", [CommandFailed(510, "Invalid or unknown command")]),
     (
         b"511 Command Not Permitted on a dead channel or intercept routine\n",
-        [CommandFailed(511, "Command Not Permitted on a dead channel or intercept routine")],
+        # the command did not run: the connection reports it as result -1, not an error
+        [Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel or intercept routine")],
     ),
     (
         b"520 Invalid command syntax.  Proper usage not available.\n",
@@ -258,7 +256,7 @@ REPLIES = [
         b"HANGUP\n511 Command Not Permitted on a dead channel or intercept routine\n",
         [
             HangupNotice(),
-            CommandFailed(511, "Command Not Permitted on a dead channel or intercept routine"),
+            Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel or intercept routine"),
         ],
     ),
     (b"HANGUP\n", [HangupNotice()]),
@@ -290,18 +288,16 @@ def test_reply_then_eof(wire: bytes, expected: list[object]) -> None:
 def test_reply_frees_the_wire_for_the_next_command() -> None:
     """After a reply (or a 520 block) the next command may be sent; HANGUP alone does not."""
     conn = ready()
-    conn.receive_data(b"HANGUP\n")
-    assert conn.next_event() == HangupNotice()
+    assert conn.receive_data(b"HANGUP\n") == [HangupNotice()]
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
-    conn.receive_data(b"520-Invalid command syntax.  Proper usage follows:\nx\n")
-    assert conn.next_event() is NEED_DATA
+    assert conn.receive_data(b"520-Invalid command syntax.  Proper usage follows:\nx\n") == []
     assert conn.state is State.USAGE
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
-    conn.receive_data(b"520 End of proper usage.\n")
-    assert isinstance(conn.next_event(), CommandFailed)
-    assert conn.send_command("NOOP") == b"NOOP\n"
+    (answered,) = conn.receive_data(b"520 End of proper usage.\n")
+    assert isinstance(answered.replies[0], CommandFailed)
+    assert sent(conn, "NOOP") == b"NOOP\n"
 
 
 def test_hangup_with_no_command_in_flight() -> None:
@@ -323,29 +319,26 @@ def test_hangup_with_no_command_in_flight() -> None:
 def test_unsolicited_line_is_the_peers_fault(wire: bytes) -> None:
     """Anything but HANGUP with no command in flight raises RemoteProtocolError."""
     conn = ready(command=None)
-    conn.receive_data(wire)
     with pytest.raises(RemoteProtocolError):
-        conn.next_event()
+        conn.receive_data(wire)
 
 
 @pytest.mark.parametrize("wire", [b"300 what\n", b"200 resolt=1\n", b"HANGUP now\n", b"\n"])
 def test_unknown_reply_is_the_peers_fault(wire: bytes) -> None:
     """A reply that is none of 100/200/510/511/520 raises RemoteProtocolError."""
     conn = ready()
-    conn.receive_data(wire)
     with pytest.raises(RemoteProtocolError):
-        conn.next_event()
+        conn.receive_data(wire)
     assert conn.state is State.ERROR
     with pytest.raises(RemoteProtocolError):  # and stays broken
-        conn.next_event()
+        conn.receive_data(b"200 result=1\n")
 
 
 def test_protocol_error_text_does_not_quote_the_line() -> None:
     """Error messages (they get logged) show only a stray line's first bytes, not its content."""
     conn = ready(command=None)
-    conn.receive_data(b"secret message body leaked by a newline\n")
     with pytest.raises(RemoteProtocolError) as info:
-        conn.next_event()
+        conn.receive_data(b"secret message body leaked by a newline\n")
     assert "secret" not in str(info.value) and "body" not in str(info.value)
 
 
@@ -365,19 +358,16 @@ def test_overlong_reply_line_is_refused() -> None:
     """A reply line longer than max_reply_bytes is refused, even before its newline arrives."""
     conn = AgiConnection(max_reply_bytes=50)
     conn.receive_data(b"\n")
-    conn.next_event()
     conn.send_command("NOOP")
-    conn.receive_data(b"200 result=1 (" + b"x" * 60)
     with pytest.raises(RemoteProtocolError):
-        conn.next_event()
+        conn.receive_data(b"200 result=1 (" + b"x" * 60)
 
 
 def test_long_reply_within_limit_is_fine() -> None:
     """A long GET FULL VARIABLE answer (base64 of 64 KiB) parses."""
     conn = ready()
     data = b"QUJD" * 30000
-    conn.receive_data(b"200 result=1 (" + data + b")\n")
-    event = conn.next_event()
+    (event,) = feed(conn, [b"200 result=1 (" + data + b")\n"])
     assert isinstance(event, Response) and event.data == data.decode()
 
 
@@ -421,7 +411,7 @@ def test_quote_refuses_line_breaks_and_nul(arg: str) -> None:
 def test_send_command_bytes() -> None:
     """send_command quotes every argument and ends the line with LF."""
     conn = ready(command=None)
-    assert conn.send_command("SET VARIABLE", "JABBER_SEND_STATUS", 'a "b"') == (
+    assert sent(conn, "SET VARIABLE", "JABBER_SEND_STATUS", 'a "b"') == (
         b'SET VARIABLE "JABBER_SEND_STATUS" "a \\"b\\""\n'
     )
 
@@ -459,7 +449,6 @@ def test_too_many_words_are_refused() -> None:
     conn = ready(command=None)
     conn.send_command("EXEC", *["x"] * 126)
     conn.receive_data(b"200 result=0\n")
-    conn.next_event()
     with pytest.raises(LocalProtocolError):
         conn.send_command("EXEC", *["x"] * 127)
 
@@ -473,7 +462,8 @@ def test_unencodable_argument_is_refused() -> None:
 def test_failure_line() -> None:
     """send_failure() is the line res_agi.c turns into AGISTATUS=FAILURE; nothing may follow."""
     conn = ready(command=None)
-    assert conn.send_failure() == b"FAILURE\n"
+    conn.send_failure()
+    assert conn.data_to_send() == b"FAILURE\n"
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
     # Asterisk then writes HANGUP and closes: both are fine.
@@ -517,10 +507,9 @@ def test_line_limit_is_enforced_at_the_byte(version: str, limit: int) -> None:
     """A command line of exactly the limit is sent; one byte more is refused."""
     conn = ready(f"agi_version: {version}\n\n".encode(), None)
     overhead = len(b'SET VARIABLE "X" ""\n')
-    exact = conn.send_command("SET VARIABLE", "X", "v" * (limit - overhead))
+    exact = sent(conn, "SET VARIABLE", "X", "v" * (limit - overhead))
     assert len(exact) == limit
     conn.receive_data(b"200 result=1\n")
-    conn.next_event()
     with pytest.raises(LocalProtocolError):
         conn.send_command("SET VARIABLE", "X", "v" * (limit - overhead + 1))
     with pytest.raises(LocalProtocolError):  # counted in bytes, not characters
@@ -551,5 +540,4 @@ def test_repr_summarises_state() -> None:
     """repr shows the state and how much is buffered."""
     conn = AgiConnection()
     conn.receive_data(b"agi_x: 1\n")
-    conn.next_event()
     assert repr(conn) == "<AgiConnection env buffered=9>"

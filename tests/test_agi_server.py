@@ -1,105 +1,24 @@
-"""The FastAGI listener against a fake Asterisk that speaks res_agi.c's side of the wire."""
+"""The FastAGI listener against the fake Asterisk that speaks res_agi.c's side of the wire."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 import pytest
+from fake_asterisk import agi_call
 from structlog.testing import capture_logs
 
-from agi_xmpp.agi_server import AgiServer, Channel, ScriptRegistry, _parse_bind
+from agi_xmpp.agi_channel import Channel
+from agi_xmpp.agi_registry import ScriptRegistry
+from agi_xmpp.agi_server import AgiServer
 from agi_xmpp.errors import ChannelGone, LocalProtocolError, ProtocolError
 from agi_xmpp.values import b64
+from bench.loadgen import env_block
 
 SERVICES = object()  # scripts here need no services
 SAFETY = 5.0  # upper bound for "promptly": a hung test fails instead of hanging
-
-
-def env_block(script: str, args: tuple[str, ...] = (), version: str = "22.6.0") -> bytes:
-    """The environment block res_agi.c writes for AGI(agi://127.0.0.1/SCRIPT,ARGS...)."""
-    lines = ["agi_network: yes"]
-    if script:
-        lines.append(f"agi_network_script: {script}")
-    lines += [
-        f"agi_request: agi://127.0.0.1/{script}",
-        "agi_channel: PJSIP/100-00000001",
-        "agi_language: en",
-        "agi_type: PJSIP",
-        "agi_uniqueid: 1700000000.42",
-        f"agi_version: {version}",
-        "agi_callerid: 100",
-        "agi_calleridname: Alice",
-        "agi_context: default",
-        "agi_extension: 500",
-        "agi_priority: 1",
-        "agi_enhanced: 0.0",
-        "agi_accountcode: ",
-        "agi_threadid: 140000000000000",
-    ]
-    lines += [f"agi_arg_{n}: {a}" for n, a in enumerate(args, 1)]
-    return ("\n".join(lines) + "\n\n").encode()
-
-
-Answer = Callable[[list[str]], Awaitable[bytes | None] | bytes | None]
-
-
-@dataclass
-class Call:
-    status: str = "SUCCESS"  # what AGISTATUS would be
-    commands: list[list[str]] = field(default_factory=list)
-    variables: dict[str, str] = field(default_factory=dict)
-
-
-async def fake_asterisk(
-    port: int,
-    script: str,
-    args: tuple[str, ...] = (),
-    *,
-    variables: dict[str, str] | None = None,
-    answer: Answer | None = None,
-    version: str = "22.6.0",
-) -> Call:
-    """Run one AGI() call the way res_agi.c's run_agi() does and report the outcome."""
-    call = Call(variables=dict(variables or {}))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(env_block(script, args, version))
-        while True:
-            line = await reader.readline()
-            if not line:  # "Program terminated"
-                break
-            if line[:7].lower() == b"failure":  # run_agi's special case
-                call.status = "FAILURE"
-                break
-            assert line.endswith(b"\n")
-            words = shlex.split(line[:-1].decode())
-            call.commands.append(words)
-            reply = answer(words) if answer else None
-            if asyncio.iscoroutine(reply):
-                reply = await reply
-            writer.write(reply if reply is not None else standard_reply(words, call.variables))
-        writer.write(b"HANGUP\n")  # run_agi sends it at the end too (AGISIGHUP default)
-    finally:
-        writer.close()
-    return call
-
-
-def standard_reply(words: list[str], variables: dict[str, str]) -> bytes:
-    """Asterisk's answer to the commands scripts use."""
-    verb = " ".join(words[:3]).upper()
-    if words[:2] == ["SET", "VARIABLE"] and len(words) == 4:
-        variables[words[2]] = words[3]
-        return b"200 result=1\n"
-    if verb == "GET FULL VARIABLE" and len(words) == 4:
-        name = words[3].removeprefix("${BASE64_ENCODE(${").removesuffix("})}")
-        return f"200 result=1 ({b64(variables.get(name, ''))})\n".encode()
-    if words[:1] == ["NOOP"]:
-        return b"200 result=0\n"
-    return b"510 Invalid or unknown command\n"
 
 
 @pytest.fixture
@@ -147,9 +66,8 @@ def echo_registry() -> ScriptRegistry:
 async def test_script_gets_args_and_options(serve) -> None:
     """The script named (any case) runs with its args and percent-decoded options."""
     server = await serve(echo_registry())
-    call = await fake_asterisk(
-        server.address[1], "ECHO?Greeting=hi%20there&n=1", ("a", "b, c", 'q"uote')
-    )
+    call = await agi_call(server.address[1], "ECHO?Greeting=hi%20there&n=1", "a", "b, c", 'q"uote',
+                          uniqueid="1700000000.42")
     assert call.status == "SUCCESS"
     assert call.variables == {
         "ECHO_ARGS": 'a|b, c|q"uote',
@@ -173,7 +91,7 @@ async def test_get_variable_exact_is_lossless(serve) -> None:
         await channel.set_variable("EMPTY_B64", b64(await channel.get_variable_exact("NOPE")))
 
     server = await serve(registry)
-    call = await fake_asterisk(server.address[1], "read", variables={"MSG": value})
+    call = await agi_call(server.address[1], "read", channel_vars={"MSG": value})
     assert call.commands[0] == ["GET", "FULL", "VARIABLE", "${BASE64_ENCODE(${MSG})}"]
     assert base64.b64decode(call.variables["OUT_B64"]).decode() == value
     assert call.variables["EMPTY_B64"] == ""
@@ -198,7 +116,7 @@ async def test_commands_are_serialised(serve) -> None:
         await asyncio.gather(*(channel.set_variable(f"V{i}", str(i)) for i in range(5)))
 
     server = await serve(registry)
-    call = await fake_asterisk(server.address[1], "many", answer=answer)
+    call = await agi_call(server.address[1], "many", answer=answer)
     assert len(call.commands) == 5 and peak == 1
 
 
@@ -210,7 +128,7 @@ async def test_unknown_script_makes_agistatus_failure(serve, script: str) -> Non
     """An unknown script gets the FAILURE line and no command: AGISTATUS=FAILURE."""
     server = await serve(echo_registry())
     with capture_logs() as logs:
-        call = await fake_asterisk(server.address[1], script)
+        call = await agi_call(server.address[1], script)
     assert call.status == "FAILURE"
     assert call.commands == []
     finished = [e for e in logs if e["event"] == "agi_script_finished"]
@@ -228,7 +146,7 @@ async def test_exception_in_script_does_not_hang_up(serve) -> None:
 
     server = await serve(registry)
     with capture_logs() as logs:
-        call = await fake_asterisk(server.address[1], "boom")
+        call = await agi_call(server.address[1], "boom")
     assert call.status == "SUCCESS"
     assert [c[0] for c in call.commands] == ["SET"]
     assert any(e["event"] == "agi_script_failed" and e["log_level"] == "error" for e in logs)
@@ -257,7 +175,7 @@ async def test_protocol_errors_reach_the_script_as_exceptions(serve) -> None:
         await channel.set_variable("DONE", "1")
 
     server = await serve(registry)
-    call = await fake_asterisk(server.address[1], "bad")
+    call = await agi_call(server.address[1], "bad")
     assert seen == ["remote", "local", "local", "local"]
     assert call.variables == {"DONE": "1"}
     assert len(call.commands) == 2  # nothing refused locally reached the wire
@@ -280,7 +198,7 @@ async def test_dead_channel_511_does_not_raise(serve) -> None:
         return None
 
     server = await serve(registry)
-    call = await fake_asterisk(server.address[1], "dead", answer=answer)
+    call = await agi_call(server.address[1], "dead", answer=answer)
     assert call.variables == {"B": "2"}
     assert results[0] is False and results[2] is True  # set_variable says whether it was set
     assert results[1].code == 511 and results[1].result == "-1"  # type: ignore[attr-defined]
@@ -297,10 +215,8 @@ async def test_hangup_while_script_waits(serve) -> None:
     @registry.script("wait")
     async def wait(channel: Channel, services: object) -> None:
         waiting.set()
-        try:
-            await channel.until_hangup(asyncio.Event().wait(), timeout=None)
-        except ChannelGone:
-            await channel.set_variable("WAIT_STATUS", "HANGUP")
+        await channel.hangup.wait()
+        await channel.set_variable("WAIT_STATUS", "HANGUP")
 
     server = await serve(registry)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
@@ -352,10 +268,10 @@ async def test_hangup_before_reply_and_abandoned_command(serve) -> None:
 
     @registry.script("play")
     async def play(channel: Channel, services: object) -> None:
-        try:
-            await channel.until_hangup(channel.command("EXEC", "Playback", "hold"))
-        except ChannelGone:
-            outcome.append("hangup")
+        playback = asyncio.ensure_future(channel.command("EXEC", "Playback", "hold"))
+        await channel.hangup.wait()
+        playback.cancel()  # abandoned: its reply is still due
+        outcome.append("hangup")
         await channel.set_variable("PLAY_STATUS", "HANGUP")
 
     async def answer(words: list[str]) -> bytes | None:
@@ -419,7 +335,7 @@ async def test_env_deadline_closes_the_connection(serve) -> None:
         assert await read_to_eof(reader) == b""
     assert any(e["event"] == "agi_env_timeout" for e in logs)
     writer.close()
-    assert (await fake_asterisk(server.address[1], "echo")).variables  # still serving
+    assert (await agi_call(server.address[1], "echo")).variables  # still serving
 
 
 async def test_oversized_env_closes_the_connection(serve) -> None:
@@ -435,7 +351,7 @@ async def test_oversized_env_closes_the_connection(serve) -> None:
         assert await read_to_eof(reader) == b""
     assert any(e["event"] == "agi_protocol_error" for e in logs)
     writer.close()
-    assert (await fake_asterisk(server.address[1], "echo")).variables
+    assert (await agi_call(server.address[1], "echo")).variables
 
 
 @pytest.mark.parametrize("cut", [0, 10, 200])
@@ -447,7 +363,7 @@ async def test_eof_mid_env_leaves_server_healthy(serve, cut: int) -> None:
         writer.write(env_block("echo")[:cut])
         writer.close()
         await writer.wait_closed()
-    call = await fake_asterisk(server.address[1], "echo", ("1",))
+    call = await agi_call(server.address[1], "echo", "1")
     assert call.variables["ECHO_ARGS"] == "1"
     async with asyncio.timeout(SAFETY):
         while server.sessions:
@@ -496,7 +412,7 @@ async def test_peer_that_stops_reading_does_not_block_others(serve) -> None:
     async with asyncio.timeout(SAFETY):
         await stalled_started.wait()
         calls = await asyncio.gather(
-            *(fake_asterisk(server.address[1], "echo", (str(i),)) for i in range(20))
+            *(agi_call(server.address[1], "echo", str(i)) for i in range(20))
         )
     assert [c.variables["ECHO_ARGS"] for c in calls] == [str(i) for i in range(20)]
     stalled.close()
@@ -539,39 +455,16 @@ async def test_old_asterisk_line_limit_applies(serve) -> None:
             results.append("refused")
 
     server = await serve(registry)
-    await fake_asterisk(server.address[1], "long", version="22.5.2")
-    await fake_asterisk(server.address[1], "long", version="22.6.0")
+    await agi_call(server.address[1], "long", agi_version="22.5.2")
+    await agi_call(server.address[1], "long", agi_version="22.6.0")
     assert results == ["refused", "sent"]
-
-
-# --- until_hangup ---------------------------------------------------------------------------
-
-
-async def test_until_hangup_result_and_timeout(serve) -> None:
-    """until_hangup returns the result, or raises TimeoutError after cancelling the work."""
-    registry = ScriptRegistry()
-    seen: list[object] = []
-
-    @registry.script("u")
-    async def u(channel: Channel, services: object) -> None:
-        seen.append(await channel.until_hangup(asyncio.sleep(0, "value"), timeout=1))
-        never = asyncio.get_running_loop().create_future()
-        try:
-            await channel.until_hangup(never, timeout=0.01)
-        except TimeoutError:
-            seen.append("timeout")
-        seen.append(never.cancelled())
-
-    server = await serve(registry)
-    await fake_asterisk(server.address[1], "u")
-    assert seen == ["value", "timeout", True]
 
 
 # --- units ------------------------------------------------------------------------------
 
 
 def test_registry_rules() -> None:
-    """Names are case-insensitive and unique; only async functions register."""
+    """Names are case-insensitive and unique; async and plain functions register, nothing else."""
     registry = ScriptRegistry()
 
     @registry.script("Jabber_Send", help="Send a message.")
@@ -583,10 +476,18 @@ def test_registry_rules() -> None:
     with pytest.raises(ValueError):
         registry.script("jabber_send")(send)
     with pytest.raises(TypeError):
-        registry.script("sync")(lambda channel, services: None)  # type: ignore[arg-type]
+        registry.script("not_a_function")("jabber_send")
+
+    def generator(channel: Channel, services: object):  # noqa: ANN202
+        yield
+
+    with pytest.raises(TypeError):
+        registry.script("generator")(generator)
+    registry.script("plain")(lambda channel, services: None)
+    assert registry.get("plain").plain and not registry.get("jabber_send").plain  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         registry.script("a/b")
-    assert [s.name for s in registry] == ["jabber_send"]
+    assert [s.name for s in registry] == ["jabber_send", "plain"]
 
 
 @pytest.mark.parametrize(
@@ -610,21 +511,6 @@ def test_default_allowlist(peer: object, ok: bool) -> None:
     assert server.allowed(peer) is ok  # cached answer is the same
 
 
-@pytest.mark.parametrize(
-    ("bind", "expected"),
-    [
-        ("127.0.0.1:4573", ("127.0.0.1", 4573)),
-        ("0.0.0.0", ("0.0.0.0", 4573)),
-        ("[::1]:4600", ("::1", 4600)),
-        ("::1", ("::1", 4573)),
-        (("localhost", 0), ("localhost", 0)),
-    ],
-)
-def test_parse_bind(bind: object, expected: tuple[str, int]) -> None:
-    """agi_bind accepts host:port, a bare host, [v6]:port and a (host, port) tuple."""
-    assert _parse_bind(bind) == expected  # type: ignore[arg-type]
-
-
 async def test_close_ends_running_scripts(serve) -> None:
     """close() waits up to close_timeout, then cancels scripts and closes their sockets."""
     registry = ScriptRegistry()
@@ -646,9 +532,6 @@ async def test_close_ends_running_scripts(serve) -> None:
     writer.close()
 
 
-
-
-
 async def test_env_deadline_only_hits_stalled_connections(serve) -> None:
     """With many connections in flight, only those without a complete env block are closed."""
     server = await serve(echo_registry(), env_timeout=0.2)
@@ -658,7 +541,7 @@ async def test_env_deadline_only_hits_stalled_connections(serve) -> None:
         writer.write(b"agi_network: yes\n")
         stalled.append((reader, writer))
     calls = await asyncio.gather(
-        *(fake_asterisk(server.address[1], "echo", (str(i),)) for i in range(10))
+        *(agi_call(server.address[1], "echo", str(i)) for i in range(10))
     )
     assert all(c.variables["ECHO_ARGS"] == str(i) for i, c in enumerate(calls))
     for reader, writer in stalled:
@@ -671,7 +554,7 @@ async def test_finished_calls_leave_no_env_deadlines_behind(serve) -> None:
     """Calls whose block arrived do not keep their env-deadline entries for env_timeout."""
     server = await serve(echo_registry(), env_timeout=60)
     for i in range(20):
-        await fake_asterisk(server.address[1], "echo", (str(i),))
+        await agi_call(server.address[1], "echo", str(i))
     assert len(server._env_deadlines) <= 1  # only the latest call's, dropped by the next
 
 
@@ -682,19 +565,17 @@ def test_runs_on_uvloop() -> None:
 
     @registry.script("wait")
     async def wait(channel: Channel, services: object) -> None:
-        try:
-            await channel.until_hangup(asyncio.Event().wait())
-        except ChannelGone:
-            await channel.set_variable("WAIT_STATUS", "HANGUP")
+        await channel.hangup.wait()
+        await channel.set_variable("WAIT_STATUS", "HANGUP")
 
     async def scenario() -> None:
         server = AgiServer(registry, SERVICES, bind=("127.0.0.1", 0), env_timeout=0.2)
         await server.start()
         try:
             port = server.address[1]
-            call = await fake_asterisk(port, "echo", ("x",))
+            call = await agi_call(port, "echo", "x")
             assert call.variables["ECHO_ARGS"] == "x"
-            assert (await fake_asterisk(port, "nope")).status == "FAILURE"
+            assert (await agi_call(port, "nope")).status == "FAILURE"
 
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(env_block("wait") + b"HANGUP\n")

@@ -1,4 +1,5 @@
-"""Channel.set_variables: the lines go out one per reply, driven by the session, as before."""
+"""Channel.set_variables and AgiConnection.send_commands: one line per reply, decided by the
+connection, every line checked before the first leaves."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import asyncio
 
 import pytest
 
-from agi_xmpp.agi_protocol import AgiConnection
-from agi_xmpp.agi_server import Channel, ScriptRegistry
+from fake_asterisk import agi_call
+from test_agi_server import SAFETY, read_to_eof, serve  # noqa: F401
+
+from agi_xmpp.agi_channel import Channel
+from agi_xmpp.agi_protocol import AgiConnection, Answered, CommandFailed, Response, State
+from agi_xmpp.agi_registry import ScriptRegistry
 from agi_xmpp.errors import LocalProtocolError, ProtocolError
-from test_agi_server import SAFETY, env_block, fake_asterisk, read_to_eof, serve  # noqa: F401
+from bench.loadgen import env_block
 
 VARIABLES = {"A": "1", "B": "two words", "C": 'quote " and \\ backslash'}
 
@@ -31,7 +36,7 @@ async def test_every_variable_is_set_in_order(serve) -> None:
     """All pairs arrive, in order, each as its own SET VARIABLE, and the answer is True."""
     result: list[object] = []
     server = await serve(batch_registry(result))
-    call = await fake_asterisk(server.address[1], "batch")
+    call = await agi_call(server.address[1], "batch")
     assert [c[2] for c in call.commands] == ["A", "B", "C"]
     assert call.variables == VARIABLES and result == [True]
 
@@ -44,7 +49,7 @@ async def test_refused_variable_does_not_stop_the_rest(serve) -> None:
     def answer(words: list[str]) -> bytes | None:
         return b"511 Command Not Permitted on a dead channel\n" if words[2] == "B" else None
 
-    call = await fake_asterisk(server.address[1], "batch", answer=answer)
+    call = await agi_call(server.address[1], "batch", answer=answer)
     assert [c[2] for c in call.commands] == ["A", "B", "C"]
     assert result == [False]
 
@@ -57,7 +62,7 @@ async def test_unknown_command_stops_and_raises(serve) -> None:
     def answer(words: list[str]) -> bytes | None:
         return b"510 Invalid or unknown command\n" if words[2] == "B" else None
 
-    call = await fake_asterisk(server.address[1], "batch", answer=answer)
+    call = await agi_call(server.address[1], "batch", answer=answer)
     assert [c[2] for c in call.commands] == ["A", "B"]
     assert len(result) == 1 and isinstance(result[0], ProtocolError)
 
@@ -70,7 +75,7 @@ async def test_hangup_between_replies_does_not_stop_them(serve) -> None:
     def answer(words: list[str]) -> bytes | None:
         return b"HANGUP\n200 result=1\n" if words[2] == "A" else None
 
-    call = await fake_asterisk(server.address[1], "batch", answer=answer)
+    call = await agi_call(server.address[1], "batch", answer=answer)
     assert [c[2] for c in call.commands] == ["A", "B", "C"]
     assert result == [True]
 
@@ -95,37 +100,51 @@ async def test_unsendable_value_refuses_before_anything_is_sent(serve) -> None:
     """A value that cannot travel raises LocalProtocolError before the first line leaves."""
     result: list[object] = []
     server = await serve(batch_registry(result, {"A": "1", "B": "two\nlines"}))
-    call = await fake_asterisk(server.address[1], "batch")
+    call = await agi_call(server.address[1], "batch")
     assert call.commands == []
     assert len(result) == 1 and isinstance(result[0], LocalProtocolError)
 
 
-def test_encoded_lines_still_go_one_at_a_time() -> None:
-    """send_encoded() refuses a second line while the first is unanswered, as send_command does."""
+def ready() -> AgiConnection:
     conn = AgiConnection()
     conn.receive_data(env_block("batch"))
-    conn.next_event()
-    first = conn.encode_command("SET VARIABLE", "A", "1")
-    assert conn.encode_command("SET VARIABLE", "A", "1") == first  # encoding changes nothing
-    assert conn.send_encoded(first) == b'SET VARIABLE "A" "1"\n'
-    with pytest.raises(LocalProtocolError):
-        conn.send_encoded(conn.encode_command("SET VARIABLE", "B", "2"))
-    with pytest.raises(LocalProtocolError):
-        conn.send_command("SET VARIABLE", "B", "2")
+    return conn
 
 
-def test_encode_set_variables_keeps_the_line_limit() -> None:
-    """Around Asterisk's line limit, encode_set_variables() accepts and refuses what
-    encode_command() does."""
-    conn = AgiConnection()
-    conn.receive_data(b"agi_version: 18.0.0\n\n")  # the 2 KB line of older Asterisks
-    conn.next_event()
-    for size in range(2010, 2040):
-        value = "a" * size
-        try:
-            expected = [conn.encode_command("SET VARIABLE", "V", value)]
-        except LocalProtocolError:
-            with pytest.raises(LocalProtocolError):
-                conn.encode_set_variables({"V": value})
-        else:
-            assert conn.encode_set_variables({"V": value}) == expected
+def test_the_connection_sends_the_next_line_once_the_reply_came() -> None:
+    """send_commands() writes one line; each 200 or 511 reply lets the next one out; the last
+    reply answers the send with every reply."""
+    conn = ready()
+    conn.send_commands([("SET VARIABLE", ("A", "1")), ("SET VARIABLE", ("B", "2")), ("NOOP", ())])
+    assert conn.data_to_send() == b'SET VARIABLE "A" "1"\n'
+    assert conn.data_to_send() == b""
+    with pytest.raises(LocalProtocolError):  # one send at a time
+        conn.send_command("NOOP")
+    refused = Response(code=511, result="-1", raw="511 Command Not Permitted on a dead channel")
+    assert conn.receive_data(b"511 Command Not Permitted on a dead channel\n") == []
+    assert conn.data_to_send() == b'SET VARIABLE "B" "2"\n'
+    assert conn.receive_data(b"200 result=1\n") == [] and conn.state is State.WAITING
+    assert conn.data_to_send() == b"NOOP\n"
+    assert conn.receive_data(b"200 result=0\n") == [Answered([
+        refused, Response(result="1", raw="200 result=1"), Response(result="0", raw="200 result=0")
+    ])]
+    assert conn.state is State.IDLE and conn.data_to_send() == b""
+
+
+def test_a_510_drops_the_rest_of_the_send() -> None:
+    """After a 510 (our bug) the lines not yet sent are dropped and the wire is free."""
+    conn = ready()
+    conn.send_commands([("NO SUCH", ("x",)), ("SET VARIABLE", ("B", "2"))])
+    conn.data_to_send()
+    assert conn.receive_data(b"510 Invalid or unknown command\n") == [
+        Answered([CommandFailed(510, "Invalid or unknown command")])
+    ]
+    assert conn.state is State.IDLE and conn.data_to_send() == b""
+
+
+def test_every_line_is_checked_before_the_first_leaves() -> None:
+    """One unsendable command refuses the whole send; nothing is written, nothing in flight."""
+    conn = ready()
+    with pytest.raises(LocalProtocolError):
+        conn.send_commands([("SET VARIABLE", ("A", "1")), ("SET VARIABLE", ("B", "two\nlines"))])
+    assert conn.data_to_send() == b"" and conn.state is State.IDLE

@@ -10,7 +10,7 @@ import pytest
 
 from agi_xmpp.agi_server import AgiServer, ScriptRegistry
 from agi_xmpp.conn_limits import RESERVED_FDS, listen_socket, plan_budgets, raise_nofile_limit
-from test_agi_server import fake_asterisk
+from fake_asterisk import agi_call
 
 HAS_IPV6 = socket.has_ipv6
 
@@ -65,7 +65,7 @@ async def test_silent_connections_are_evicted_for_a_call():
     port = server.address[1]
     silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
     try:
-        call = await asyncio.wait_for(fake_asterisk(port, "hello"), 30)
+        call = await asyncio.wait_for(agi_call(port, "hello"), 30)
         assert call.status == "SUCCESS" and call.variables == {"HELLO": "yes"}
         assert len(server.sessions) <= 8
         assert server.budget.evicted >= 12
@@ -86,9 +86,9 @@ async def test_calls_in_progress_are_never_evicted():
     try:
         for _ in range(8):
             started.clear()
-            running.append(asyncio.create_task(fake_asterisk(port, "hold")))
+            running.append(asyncio.create_task(agi_call(port, "hold")))
             await asyncio.wait_for(started.wait(), 30)
-        refused = await asyncio.wait_for(fake_asterisk(port, "hello"), 30)
+        refused = await asyncio.wait_for(agi_call(port, "hello"), 30)
         assert refused.status == "FAILURE" and refused.variables == {}
         assert server.budget.refused_count == 1
         release.set()
@@ -108,9 +108,9 @@ async def test_ipv6_wildcard_agi_bind_is_dual_stack_and_mapped_peers_are_ipv4():
     refusing = AgiServer(_registry(), None, bind=("::", 0), allow=["10.0.0.0/8", "::1/128"])
     await refusing.start()
     try:
-        call = await asyncio.wait_for(fake_asterisk(allowed.address[1], "hello"), 30)
+        call = await asyncio.wait_for(agi_call(allowed.address[1], "hello"), 30)
         assert call.status == "SUCCESS" and call.variables == {"HELLO": "yes"}
-        refused = await asyncio.wait_for(fake_asterisk(refusing.address[1], "hello"), 30)
+        refused = await asyncio.wait_for(agi_call(refusing.address[1], "hello"), 30)
         assert refused.status == "FAILURE"
         assert refusing.stats["peer_refused"] == 1
     finally:

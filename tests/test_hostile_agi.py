@@ -29,6 +29,7 @@ from agi_xmpp.scripts import registry
 from agi_xmpp.services import Services
 from agi_xmpp.storage import AsyncStorage, Storage
 from agi_xmpp.xmpp_pool import XmppPool
+from bench.loadgen import env_block
 
 ACCOUNT = "asterisk"
 BOB = "bob@localhost"
@@ -91,31 +92,6 @@ async def svc(tmp_path) -> AsyncIterator[OfflineService]:
         await async_storage.aclose()
 
 
-def env_block(script: str, *args: str | bytes, extra: bytes = b"") -> bytes:
-    """The environment block res_agi.c writes; arguments may be raw bytes (any encoding)."""
-    lines = [
-        b"agi_network: yes",
-        b"agi_network_script: " + script.encode(),
-        b"agi_request: agi://127.0.0.1/" + script.encode(),
-        b"agi_channel: PJSIP/100-00000001",
-        b"agi_language: en",
-        b"agi_type: PJSIP",
-        b"agi_uniqueid: 1700000000.7",
-        b"agi_version: 22.6.0",
-        b"agi_callerid: 100",
-        b"agi_calleridname: Alice",
-        b"agi_context: default",
-        b"agi_extension: 500",
-        b"agi_priority: 1",
-        b"agi_enhanced: 0.0",
-        b"agi_accountcode: ",
-        b"agi_threadid: 140000000000000",
-    ]
-    for n, arg in enumerate(args, 1):
-        lines.append(f"agi_arg_{n}: ".encode() + (arg if isinstance(arg, bytes) else arg.encode()))
-    return b"\n".join(lines) + b"\n" + extra + b"\n"
-
-
 class Peer:
     """Asterisk's side of one connection, driven line by line by the test."""
 
@@ -174,7 +150,7 @@ def b64(text: str | bytes) -> str:
 async def test_eof_inside_the_env_block_runs_nothing(svc, cut):
     """A peer that closes inside a jabber_send env block queues no message, leaves no
     connection behind, and the next call works."""
-    block = env_block("jabber_send", ACCOUNT, BOB, "must not be sent")
+    block = env_block("jabber_send", (ACCOUNT, BOB, "must not be sent"))
     upto = {"nothing": 0, "mid-line": len(block) // 2, "before the blank line": len(block) - 1}[cut]
     peer = await Peer.open(svc.port, block[:upto])
     peer.writer.write_eof()
@@ -222,7 +198,7 @@ async def test_oversized_env_block_is_refused_before_any_script(svc):
     """A 70 KB message argument (env block over 64 KiB) is refused and nothing is queued; a
     60 KB one fits, and is queued exactly."""
     big = "é" * 35_000  # 70,000 bytes of UTF-8
-    peer = await Peer.open(svc.port, env_block("jabber_send", ACCOUNT, BOB, big))
+    peer = await Peer.open(svc.port, env_block("jabber_send", (ACCOUNT, BOB, big)))
     assert await peer.command() is None
     peer.close()
     await svc.drained()
@@ -236,7 +212,7 @@ async def test_oversized_env_block_is_refused_before_any_script(svc):
 async def test_invalid_utf8_in_the_env_block_becomes_replacement_characters(svc):
     """Bytes that are not UTF-8 in an argument do not break the call: the message is queued
     with U+FFFD in their place (documented), and the variables are set."""
-    peer = await Peer.open(svc.port, env_block("jabber_send", ACCOUNT, BOB, b"caf\xe9 \xff\xfe ok"))
+    peer = await Peer.open(svc.port, env_block("jabber_send", (ACCOUNT, BOB, b"caf\xe9 \xff\xfe ok")))
     await peer.answer_all()
     peer.close()
     assert peer.variables == {"JABBER_SEND_STATUS": "QUEUED", "JABBER_SEND_ERROR": ""}
@@ -247,7 +223,7 @@ async def test_invalid_utf8_and_bad_base64_in_replies(svc):
     """A channel variable holding Latin-1 bytes is read with U+FFFD in their place; a reply that
     is not base64 at all gives FAILURE with a reason, never a stale status."""
     # Latin-1 text in a channel variable: valid base64 of bytes that are not UTF-8
-    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", ACCOUNT, BOB))
+    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", (ACCOUNT, BOB)))
     assert (await peer.command())[:3] == ["GET", "FULL", "VARIABLE"]
     peer.send(f"200 result=1 ({b64(b'Gr' + bytes([0xFC]) + b'sse')})\n".encode())
     await peer.answer_all()
@@ -255,7 +231,7 @@ async def test_invalid_utf8_and_bad_base64_in_replies(svc):
     assert peer.variables["JABBER_SEND_STATUS"] == "QUEUED"
     assert await svc.outbox() == ["Gr\ufffdsse"]
     # raw invalid UTF-8 where the base64 value should be
-    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", ACCOUNT, BOB))
+    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", (ACCOUNT, BOB)))
     assert (await peer.command())[:3] == ["GET", "FULL", "VARIABLE"]
     peer.send(b"200 result=1 (\xff\xfe\x80)\n")
     await peer.answer_all()
@@ -272,7 +248,7 @@ async def test_2000_connections_opened_and_dropped_at_once(svc):
     """2,000 connections opened together (a third silent, a third with half an env block, a
     third with a whole jabber_status call) and dropped at once: the server forgets them all,
     logs no error, and a normal call works."""
-    block = env_block("jabber_status", ACCOUNT, BOB)
+    block = env_block("jabber_status", (ACCOUNT, BOB))
     payloads = [b"", block[:100], block]
 
     async def one(n: int) -> asyncio.StreamWriter | None:
@@ -305,7 +281,7 @@ async def test_2000_connections_opened_and_dropped_at_once(svc):
 async def test_hangup_before_the_first_reply_ends_a_receive_at_once(svc):
     """HANGUP right after the env block ends a 20 s jabber_receive at once with HANGUP, every
     variable set; a message arriving later stays buffered."""
-    peer = await Peer.open(svc.port, env_block("jabber_receive", ACCOUNT, BOB, "20") + b"HANGUP\n")
+    peer = await Peer.open(svc.port, env_block("jabber_receive", (ACCOUNT, BOB, "20")) + b"HANGUP\n")
     started = time.monotonic()
     await peer.answer_all()
     peer.close()
@@ -321,7 +297,7 @@ async def test_hangup_before_the_first_reply_ends_a_receive_at_once(svc):
 async def test_hangup_in_the_env_block_still_queues_a_send(svc):
     """A jabber_send from a channel that already hung up (the h extension) is still accepted:
     a notification after hangup is legitimate."""
-    peer = await Peer.open(svc.port, env_block("jabber_send", ACCOUNT, BOB, "caller left", extra=b"HANGUP\n"))
+    peer = await Peer.open(svc.port, env_block("jabber_send", (ACCOUNT, BOB, "caller left",), raw=b"HANGUP\n"))
     await peer.answer_all()
     peer.close()
     assert peer.variables["JABBER_SEND_STATUS"] == "QUEUED"
@@ -331,7 +307,7 @@ async def test_hangup_in_the_env_block_still_queues_a_send(svc):
 async def test_hangup_between_replies_does_not_desynchronise(svc):
     """HANGUP lines between a command and its reply are notices, not replies: every variable
     is still set with the right value."""
-    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", ACCOUNT, BOB))
+    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", (ACCOUNT, BOB)))
     assert (await peer.command())[:3] == ["GET", "FULL", "VARIABLE"]
     peer.send(b"HANGUP\n" + f"200 result=1 ({b64('from the var')})\n".encode())
     while await peer.command() is not None:
@@ -342,7 +318,7 @@ async def test_hangup_between_replies_does_not_desynchronise(svc):
 
 
 async def hangup_instead_of_reply(svc: OfflineService) -> None:
-    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", ACCOUNT, BOB))
+    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", (ACCOUNT, BOB)))
     assert (await peer.command())[:3] == ["GET", "FULL", "VARIABLE"]
     peer.send(b"HANGUP\n")
     peer.writer.write_eof()
@@ -369,7 +345,7 @@ async def test_receive_whose_caller_vanishes_while_variables_are_set(svc):
     """A message taken by jabber_receive whose caller then drops the connection (HANGUP and EOF
     instead of the first SET VARIABLE reply) is not lost: it goes back to the buffer."""
     svc.deliver("do not lose me")
-    peer = await Peer.open(svc.port, env_block("jabber_receive", ACCOUNT, BOB, "5"))
+    peer = await Peer.open(svc.port, env_block("jabber_receive", (ACCOUNT, BOB, "5")))
     assert (await peer.command())[:2] == ["SET", "VARIABLE"]
     peer.send(b"HANGUP\n")
     peer.writer.write_eof()
@@ -386,7 +362,7 @@ async def test_receive_whose_caller_vanishes_while_variables_are_set(svc):
 async def test_520_usage_block_instead_of_200_sets_failure_not_stale_values(svc):
     """A multi-line 520 usage block where the GET FULL VARIABLE reply was expected is read to its
     end; the script reports FAILURE in its own variables (no stale status) and queues nothing."""
-    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", ACCOUNT, BOB))
+    peer = await Peer.open(svc.port, env_block("jabber_send?var=NOTE", (ACCOUNT, BOB)))
     assert (await peer.command())[:3] == ["GET", "FULL", "VARIABLE"]
     peer.send(
         b"520-Invalid command syntax.  Proper usage follows:\n"
@@ -411,7 +387,7 @@ async def test_peer_that_stops_reading_does_not_block_other_calls(svc):
     svc.deliver("x" * 60_000 + " and the end")
     _, stalled = await asyncio.open_connection("127.0.0.1", svc.port)
     stalled.transport.pause_reading()
-    stalled.write(env_block("jabber_receive", ACCOUNT, BOB, "5"))
+    stalled.write(env_block("jabber_receive", (ACCOUNT, BOB, "5")))
     async with asyncio.timeout(SAFETY):
         while not svc.server.sessions:
             await asyncio.sleep(0.01)

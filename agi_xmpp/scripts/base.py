@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
+from ..agi_channel import Channel
 from ..agi_protocol import check_variable_name, quote
-from ..agi_server import Channel, ScriptRegistry
-from ..config import AccountConfig
+from ..agi_registry import ScriptRegistry
 from ..errors import ChannelGone, LocalProtocolError, ScriptError
 from ..inbox import Matcher
 from ..jid import Jid, parse_jid
-from ..services import Services
+from ..values import check_message_size
+
+if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
+    from ..config import AccountConfig
+    from ..services import Services
 
 registry = ScriptRegistry()
 
@@ -29,84 +34,96 @@ Variables = dict[str, str]
 Undo = Callable[[], None]
 # A body fills the variables; it may return an ``Undo`` that gives back what it took (a
 # message from the inbox) should the variables not reach Asterisk. A body that never waits
-# (jabber_status answers from the cache) may be a plain function: no coroutine to make and
-# finish on every call.
-ScriptBody = Callable[[Channel, Services, Variables], Awaitable[Undo | None] | Undo | None]
+# (jabber_status answers from the cache) is a plain function: the listener calls it from the
+# transport callback and sets the variables itself (agi_registry), and it has nothing to undo.
+ScriptBody = Callable[[Channel, "Services", Variables], Awaitable[Undo | None] | None]
 
 
 def dialplan_script(
     name: str, *, variables: Iterable[str], status: str | None, error: str, help: str
 ) -> Callable[[ScriptBody], ScriptBody]:
-    """Register ``body`` as script ``name``; it fills ``out``, we set every variable after it."""
-    names = tuple(variables)
+    """Register ``body`` as script ``name``; it fills ``out``, every variable is set after it."""
+    blank: Variables = dict.fromkeys(variables, "")  # copied per call: cheaper than building it
+
+    def failed(channel: Channel, out: Variables, exc: Exception) -> None:
+        if isinstance(exc, ScriptError):
+            reason = str(exc)
+            channel.log.info("script_failed", error=reason)
+        else:  # our fault or the database's: still answer, and say where to look
+            reason = f"internal error ({type(exc).__name__}); see the agi-xmpp log"
+            channel.log.exception("script_crashed")
+        refuse(out, reason)
+
+    def refuse(out: Variables, reason: str) -> None:
+        for key in out:
+            out[key] = ""
+        if status is not None:
+            out[status] = "FAILURE"
+        out[error] = reason
+
+    def fit(channel: Channel, out: Variables) -> None:
+        reason = oversized(channel, out)
+        if reason:  # never cut a value: say why instead (the text stays in the archive)
+            refuse(out, reason)
+            channel.log.info("script_failed", error=reason)
 
     def decorate(body: ScriptBody) -> ScriptBody:
-        waits = inspect.iscoroutinefunction(body)
+        if inspect.iscoroutinefunction(body):
 
-        @registry.script(name, help=help)
-        async def run(channel: Channel, services: Services) -> None:
-            out: Variables = dict.fromkeys(names, "")
-            undo: Undo | None = None
-            try:
-                if waits:
+            async def run(channel: Channel, services: Services) -> None:
+                out = blank.copy()
+                undo: Undo | None = None
+                try:
                     undo = await body(channel, services, out)  # type: ignore[misc]
+                except ChannelGone:
+                    raise  # the caller left mid-command: routine, the server counts it
+                except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
+                    failed(channel, out, exc)
                 else:
-                    undo = body(channel, services, out)  # type: ignore[assignment]
-            except ChannelGone:
-                raise  # the caller left mid-command: routine, the server counts it
-            except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
-                if isinstance(exc, ScriptError):
-                    reason = str(exc)
-                    channel.log.info("script_failed", error=reason)
-                else:  # our fault or the database's: still answer, and say where to look
-                    reason = f"internal error ({type(exc).__name__}); see the agi-xmpp log"
-                    channel.log.exception("script_crashed")
-                for key in out:
-                    out[key] = ""
-                if status is not None:
-                    out[status] = "FAILURE"
-                out[error] = reason
-            else:
-                out[error] = ""
-            too_long = oversized(channel, out)
-            if too_long:
-                # Never cut a value: say why instead (the text stays in the message archive).
-                for key in out:
-                    out[key] = ""
-                if status is not None:
-                    out[status] = "FAILURE"
-                out[error] = too_long
-                channel.log.info("script_failed", error=too_long)
-            delivered = await channel.set_variables(out)
-            if not delivered and undo is not None:
-                undo()
-                channel.log.info("script_result_undelivered")
+                    out[error] = ""
+                fit(channel, out)
+                delivered = await channel.set_variables(out)
+                if not delivered and undo is not None:
+                    undo()
+                    channel.log.info("script_result_undelivered")
+
+        else:
+
+            def run(channel: Channel, services: Services) -> Variables:  # type: ignore[misc]
+                out = blank.copy()
+                try:
+                    if body(channel, services, out) is not None:
+                        raise TypeError(f"{name}: a plain script body has nothing to undo")
+                except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
+                    failed(channel, out, exc)
+                else:
+                    out[error] = ""
+                fit(channel, out)
+                return out
 
         run.__name__ = body.__name__
+        registry.script(name, help=help)(run)
         return body
 
     return decorate
 
 
 def oversized(channel: Channel, variables: Variables) -> str:
-    """Why a value cannot be set on this Asterisk (its command line is too short), or ''."""
+    """Why a value cannot be set on this Asterisk (its command line is too short), or ''.
+
+    A value the wire cannot carry at all (NUL, CR, LF) is refused by the encoder, as before.
+    """
     limit = channel.line_limit
-    values = "".join(variables.values())
-    if 4 * (len("".join(variables)) + len(values)) + 20 <= limit and "\n" not in values \
-            and "\r" not in values and "\0" not in values:
-        return ""  # the usual case: all of them together are far from the limit
     for key, value in variables.items():
         # Quoting at most doubles a character and UTF-8 takes at most 4 bytes for one, so a
-        # short value needs no exact count (the usual case: status words, short texts); one
-        # that quote() refuses still goes through it, so it is refused here as before.
-        if 4 * (len(key) + len(value)) + 20 <= limit and "\n" not in value \
-                and "\r" not in value and "\0" not in value:
+        # short value needs no exact count (the usual case: status words, short texts).
+        if 4 * (len(key) + len(value)) + 20 <= limit:
             continue
         size = len(f"SET VARIABLE {quote(key)} {quote(value)}\n".encode())
         if size > limit:
             return (
                 f"{key} would need a {size}-byte AGI command; this Asterisk accepts "
-                f"{channel.line_limit} (agi_version {channel.env.get('agi_version', '?')})"
+                f"{limit} (agi_version {channel.env.get('agi_version', '?')})"
             )
     return ""
 
@@ -134,23 +151,24 @@ def account_for(channel: Channel, services: Services) -> AccountConfig:
     return account
 
 
+def variable_name(text: str, what: str) -> str:
+    """``text`` if it is a usable channel variable name, else a ``ScriptError`` naming ``what``."""
+    try:
+        return check_variable_name(text)
+    except LocalProtocolError as exc:
+        raise ScriptError(f"invalid {what}: {exc}") from None
+
+
 async def message_text(channel: Channel, services: Services, first: int) -> str:
     """A trailing free-text argument (the rest joined with ','), or channel variable ``var=``."""
     source = channel.options.get("var")
     if source:
-        try:
-            check_variable_name(source)
-        except LocalProtocolError as exc:
-            raise ScriptError(f"invalid var= name: {exc}") from None
-        text = await channel.get_variable_exact(source)
+        text = await channel.get_variable_exact(variable_name(source, "var= name"))
     else:
         text = ",".join(channel.args[first:])
     if not text.strip():
         raise ScriptError("empty message")
-    limit = services.config.general.max_message_bytes
-    size = len(text.encode("utf-8"))
-    if size > limit:
-        raise ScriptError(f"message is {size} bytes, more than max_message_bytes ({limit})")
+    check_message_size(text, services.config.general.max_message_bytes)
     return text
 
 

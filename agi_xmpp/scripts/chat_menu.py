@@ -1,4 +1,4 @@
-"""Interactive chat menus: chat_menu (SPEC §2.5, decisions in docs/chat-menu.md).
+"""Interactive chat menus: chat_menu (docs/chat-menu.md: the reference and its decisions).
 
 Theory of operation
 -------------------
@@ -27,15 +27,13 @@ import time
 import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from ..agi_protocol import check_variable_name
-from ..agi_server import Channel
-from ..errors import ChannelGone, LocalProtocolError, ScriptError
+from ..agi_channel import Channel
+from ..errors import ChannelGone, ScriptError
 from ..inbox import InboundMessage, Matcher
 from ..jid import Jid
-from ..services import Services
-from ..values import b64, sanitize
-from ..xmpp_pool import SendOutcome
+from ..values import b64, check_message_size, sanitize
 from .base import (
     Variables,
     account_for,
@@ -43,7 +41,12 @@ from .base import (
     dialplan_script,
     positive_seconds,
     required_jid,
+    variable_name,
 )
+
+if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
+    from ..services import Services
+    from ..xmpp_pool import SendOutcome
 
 DEFAULT_HOLD = "agi-xmpp/please-hold"
 DEFAULT_TIMEOUT = 30.0
@@ -327,11 +330,7 @@ async def chat_menu(channel: Channel, services: Services, out: Variables) -> Non
     retries = parse_retries(options.get("retries", ""))
     hold = parse_hold(options.get("hold", ""))
     menu = Menu(await _prompt(channel), parse_options(channel.args[3:]))
-    size = len(menu.hint_text().encode("utf-8"))
-    if size > general.max_message_bytes:
-        raise ScriptError(
-            f"the menu is {size} bytes, more than max_message_bytes ({general.max_message_bytes})"
-        )
+    check_message_size(menu.hint_text(), general.max_message_bytes, "the menu")
     if channel.hangup.is_set():
         out["CHAT_MENU_STATUS"] = MenuStatus.HANGUP.value
         return
@@ -343,7 +342,7 @@ async def chat_menu(channel: Channel, services: Services, out: Variables) -> Non
     started = time.monotonic()
     deadline = loop.time() + timeout
     matcher = RepliesSince.build(jid, since=loop.time())
-    if await _send(services, account, jid, menu.text()) is not SendOutcome.SUCCESS:
+    if await _send(services, account, jid, menu.text()) != "SUCCESS":  # a SendOutcome (StrEnum)
         raise ScriptError(f"account {account} went offline; the menu is queued, not shown")
     channel.log.debug("chat_menu_sent", account=account, options=len(menu.options))
 
@@ -386,10 +385,7 @@ async def _prompt(channel: Channel) -> str:
     """PROMPT (argument 3), or the exact text of channel variable ``var=NAME``."""
     source = channel.options.get("var", "").strip()
     if source:
-        try:
-            check_variable_name(source)
-        except LocalProtocolError as exc:
-            raise ScriptError(f"invalid var= name: {exc}") from None
+        variable_name(source, "var= name")
         if arg(channel, 2):
             # Positions never shift with an option: with var= the PROMPT slot stays, empty.
             raise ScriptError("give PROMPT either as an argument or with var=, not both "

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from ..agi_protocol import check_variable_name
-from ..agi_server import Channel
-from ..errors import LocalProtocolError, ScriptError
-from ..services import Services
+from typing import TYPE_CHECKING
+
+from ..agi_channel import Channel
 from ..values import b64, sanitize
 from .base import (
     Undo,
@@ -17,7 +16,11 @@ from .base import (
     positive_seconds,
     receive_matcher,
     required_jid,
+    variable_name,
 )
+
+if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
+    from ..services import Services
 
 
 # -- the res_xmpp equivalents -------------------------------------------------------------------
@@ -53,10 +56,7 @@ async def jabber_send(channel: Channel, services: Services, out: Variables) -> N
 def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
     target = arg(channel, 2)
     if target:
-        try:
-            check_variable_name(target)
-        except LocalProtocolError as exc:
-            raise ScriptError(f"invalid VARNAME: {exc}") from None
+        variable_name(target, "VARNAME")
         # The code goes to VARNAME instead of JABBER_STATUS; both are set so neither is stale.
         out[target] = ""
     account = account_for(channel, services)

@@ -1,10 +1,10 @@
-"""Group chat: jabber_join, jabber_leave, jabber_send_group (SPEC §2.4).
+"""Group chat: jabber_join, jabber_leave, jabber_send_group (docs/features.md, "Group chat").
 
 The account's session remembers every room it is in and re-joins them on a fresh session; a
 groupchat message goes through the pool's durable outbox like a chat message, and the outbox
 resend joins a message's room (and waits for the room to confirm) before sending it again.
 
-Decisions where SPEC is silent (docs/features.md has the full list):
+Decisions where the product contract is silent (docs/features.md has the full list):
 
 - ``ROOM`` is ``room@service``; ``room@service/nick`` is accepted and its resource is the
   nickname when ``NICKNAME`` is not given.
@@ -21,11 +21,15 @@ Decisions where SPEC is silent (docs/features.md has the full list):
 
 from __future__ import annotations
 
-from ..agi_server import Channel
+from typing import TYPE_CHECKING
+
+from ..agi_channel import Channel
 from ..errors import InvalidJid, ScriptError, StorageError
 from ..jid import Jid, parse_jid
-from ..services import Services
 from .base import Variables, account_for, arg, dialplan_script, message_text
+
+if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
+    from ..services import Services
 
 
 def room_and_nick(channel: Channel, index: int, nick_text: str) -> tuple[Jid, str | None]:

@@ -1,13 +1,13 @@
-"""Calls that follow chat: presence_route (SPEC §2.6) and call_notify (SPEC §2.7).
+"""Calls that follow chat: presence_route and call_notify (docs/features.md).
 
 ``presence_route`` answers from the live presence cache and the directory (local database): no
 network round trip on the call path. ``call_notify`` sends through the durable outbox like
 ``jabber_send``.
 
-Decisions where SPEC is silent (docs/features.md has the full list):
+Decisions where the product contract is silent (docs/features.md has the full list):
 
 - A target that cannot be routed — an extension not in the directory, a JID without a directory
-  entry (SPEC: skipped), a JID that does not parse — is skipped, never fatal: a typo in one member
+  entry (docs/features.md: skipped), a JID that does not parse — is skipped, never fatal: a typo in one member
   must not stop the others ringing. Skipped targets are listed in ``PRESENCE_ROUTE_SKIPPED`` and
   logged as warnings. ``PRESENCE_ROUTE_ERROR`` is empty on ``SUCCESS`` and ``NONE`` (an answer,
   not an error); ``FAILURE`` is only for a bad call (unknown account or policy, no targets).
@@ -20,17 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from ..agi_server import Channel
+from ..agi_channel import Channel
 from ..config import DirectoryEntry
 from ..errors import ScriptError, StorageError
 from ..jid import Jid, parse_jid
-from ..services import Services
-from ..storage import ArchivedMessage
+from ..values import check_message_size
 from .base import Variables, account_for, arg, dialplan_script, message_text
 
-# SPEC §2.6: which jabber_status codes (§2.2) let a target ring.
+if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
+    from ..services import Services
+    from ..storage import ArchivedMessage
+
+# Which jabber_status codes (docs/dialplan.md, "jabber_status") let a target ring
+# (docs/features.md, "presence_route").
 POLICIES: dict[str, Callable[[int], bool]] = {
     "available": lambda code: code in (1, 2),
     "present": lambda code: 1 <= code <= 4,
@@ -134,7 +138,8 @@ def _known(value: str | None) -> str:
 
 
 def default_notice(env: dict[str, str]) -> str:
-    """``Incoming call from <callerid name> <callerid number> to <extension>`` (SPEC §2.7)."""
+    """``Incoming call from <callerid name> <callerid number> to <extension>``
+    (docs/features.md, "call_notify")."""
     name = _known(env.get("agi_calleridname"))
     number = _known(env.get("agi_callerid"))
     extension = _known(env.get("agi_extension"))
@@ -224,8 +229,10 @@ async def _with_history(
     peer = parse_jid(entry.jid).local or entry.jid
     own = services.pool.session(account).default_nick
     full = f"{text}\n\n{format_history(messages, peer, own, entry.jid)}"
-    if len(full.encode("utf-8")) > services.config.general.max_message_bytes:
-        return text
+    try:
+        check_message_size(full, services.config.general.max_message_bytes)
+    except ScriptError:
+        return text  # the notice matters more than its history
     return full
 
 
