@@ -58,8 +58,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def health(request: web.Request) -> web.Response:
     pool = request.app[SERVICES].pool
     connections = pool.connections()
-    ok = pool.all_online()
+    ami = request.app[SERVICES].ami
+    ok = pool.all_online() and (ami is None or ami.link.connected)
     body = {"status": "ok" if ok else "degraded", "accounts": {c["account"]: c["state"] for c in connections}}
+    if ami is not None:
+        body["ami"] = ami.status()
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -139,6 +142,8 @@ async def metrics(request: web.Request) -> web.Response:
     lines += ["# TYPE agi_xmpp_outbox_rows gauge"]
     for (account, state), count in sorted((await services.storage.outbox_counts()).items()):
         lines.append(f'agi_xmpp_outbox_rows{{account="{account}",state="{state}"}} {count}')
+    if services.ami is not None:
+        lines += services.ami.metrics()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 

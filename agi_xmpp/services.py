@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from .ami_bridge import AmiBridge
 from .config import Config
 from .presence import PresenceCache
 from .storage import AsyncStorage, Storage
@@ -33,6 +34,7 @@ class Services:
     storage: AsyncStorage
     presence: PresenceCache
     pool: XmppPool
+    ami: AmiBridge | None = None  # with an [ami] section
     started_at: float = field(default_factory=time.time)
 
 
@@ -45,12 +47,17 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
     presence = PresenceCache()
     pool = XmppPool(config, async_storage, presence)
     await pool.start()
+    ami = AmiBridge(config, async_storage, presence, pool) if config.ami is not None else None
+    if ami is not None:
+        await ami.start()
     for warning in config.warnings:
         log.warning("config_warning", detail=warning)
     log.info("services_started", accounts=sorted(config.accounts))
     try:
-        yield Services(config=config, storage=async_storage, presence=presence, pool=pool)
+        yield Services(config=config, storage=async_storage, presence=presence, pool=pool, ami=ami)
     finally:
+        if ami is not None:
+            await ami.stop()
         await pool.stop()
         await async_storage.aclose()
         log.info("services_stopped")

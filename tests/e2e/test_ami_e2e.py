@@ -1,0 +1,206 @@
+"""The AMI side (SPEC §3) against the real Asterisk 22 lab and a real Prosody.
+
+The service logs in as an AMI user with only the privileges docs/ami.md asks for (so the docs
+are tested too). Voicemails are really left: a ``Local/`` channel plays a prompt into
+``VoiceMail()``; the service reads the chroot's spool from the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import shutil
+from pathlib import Path
+
+import pytest
+from service_harness import eventually, running_harness, service_config
+
+from agi_xmpp.config import AmiConfig, make_directory_entry
+from agi_xmpp.jid import parse_jid
+
+pytestmark = pytest.mark.e2e
+
+VM_CONTEXT = "agxe2e"
+HINT_CONTEXT = "agi-xmpp-hints"  # as shipped in dialplan/agi-xmpp-hints.conf
+#: The least privileges docs/ami.md gives the service's AMI user.
+AMI_READ = "system,call,agent"
+AMI_WRITE = "system,call,originate,agent"
+
+VOICEMAIL_CONF = f"""\
+[general]
+format = wav
+maxsecs = 4
+minsecs = 1
+maxsilence = 10
+silencethreshold = 128
+skipms = 3000
+attach = no
+
+[{VM_CONTEXT}]
+2001 => 1234,Alice
+2002 => 1234,Bob
+"""
+
+QUEUES_CONF = """\
+[general]
+persistentmembers = no
+
+[agx-support]
+strategy = ringall
+member => Local/2001@agx-phones,0,Alice,Local/2001@agx-phones
+"""
+
+DIALPLAN = f"""\
+[agx-vm]
+exten => leave,1,Set(CALLERID(all)=${{CID}})
+ same => n,VoiceMail(${{MBOX}},${{VMOPT}})
+ same => n,Hangup()
+exten => speak,1,Answer()
+ same => n,Playback(demo-congrats)
+ same => n,Hangup()
+
+[agx-phones]
+; "phones" for click-to-call: 2001 answers, 2003 is busy, 2004 never answers
+exten => 2001,1,Answer()
+ same => n,Wait(2)
+ same => n,Hangup()
+exten => 2003,1,Busy(5)
+exten => 2004,1,Ringing()
+ same => n,Wait(60)
+
+[agx-dial]
+; where "call <number>" is dialled (originate_context)
+exten => _X.,1,Answer()
+ same => n,UserEvent(AgxDialled,NUMBER: ${{EXTEN}},CALLER: ${{AGI_XMPP_CALLER}})
+ same => n,Wait(1)
+ same => n,Hangup()
+"""
+
+
+def hints_dialplan() -> str:
+    shipped = (Path(__file__).resolve().parents[2] / "dialplan" / "agi-xmpp-hints.conf").read_text()
+    return DIALPLAN + "\n" + shipped
+
+
+@pytest.fixture
+def pbx(lab, tmp_path):
+    """The lab with voicemail, a queue, our dialplan and a least-privilege AMI user."""
+    spool = lab.path("/var/spool/asterisk/voicemail")
+    mailboxes = spool / VM_CONTEXT
+    if mailboxes.exists():
+        shutil.rmtree(mailboxes)  # inside the chroot's spool only; /proc and /dev are elsewhere
+    lab.write_config("voicemail.conf", VOICEMAIL_CONF)
+    lab.ensure_module("app_voicemail.so")
+    lab.write_config("queues.conf", QUEUES_CONF)
+    lab.ensure_module("app_queue.so")
+    lab.set_dialplan(hints_dialplan())
+    secret = secrets.token_hex(8)
+    lab.add_ami_user("agixmpp", secret, read=AMI_READ, write=AMI_WRITE)
+    lab.ami_secret_for_service = secret
+    lab.spool = spool
+    return lab
+
+
+def ami_config(lab, **overrides) -> AmiConfig:
+    values = dict(
+        host=lab.ami_host, port=lab.ami_port, username="agixmpp", secret=lab.ami_secret_for_service,
+        voicemail_spool=str(lab.spool), originate_context="agx-dial",
+    )
+    values.update(overrides)
+    return AmiConfig(**values)
+
+
+def office_config(prosody, lab, tmp_path, service, users, **ami_overrides):
+    """Service config: directory 2001 (and 2002) with mailboxes, [ami] pointed at the lab."""
+    directory = tuple(
+        make_directory_entry(ext, jid, device=f"Local/{ext}@agx-phones", mailbox=f"{ext}@{VM_CONTEXT}")
+        for ext, jid in users.items()
+    )
+    config = service_config(prosody, service[0], service[1], tmp_path / "state", directory=directory)
+    return dataclasses.replace(config, ami=ami_config(lab, **ami_overrides))
+
+
+async def leave_voicemail(lab, mailbox: str, caller: str, options: str = "s") -> None:
+    """A real caller leaves a message: Local/ channel into VoiceMail(), prompt as the voice."""
+    response = await lab.ami_action(
+        "Originate", Channel="Local/leave@agx-vm", Context="agx-vm", Exten="speak", Priority="1",
+        Async="true", Timeout="30000",
+        Variable=[f"MBOX={mailbox}", f"VMOPT={options}", f"CID={caller}"],
+    )
+    assert response.get("Response") == "Success", response
+
+
+def inbox_files(lab, ext: str) -> list[Path]:
+    box = lab.spool / VM_CONTEXT / ext
+    return sorted(box.glob("*/msg*.txt")) if box.exists() else []
+
+
+async def test_ami_link_is_shown_in_health_and_metrics(pbx, prosody, xmpp_accounts, tmp_path):
+    """With a good AMI login, /health reports the link connected and /metrics a 1."""
+    service = xmpp_accounts("asterisk")
+    alice = xmpp_accounts("alice")
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice[0]})
+    async with running_harness(config) as svc:
+        bridge = svc.services.ami
+        await eventually(lambda: bridge.link.connected, 30, "the AMI login")
+        assert bridge.status()["state"] == "connected"
+        assert "agi_xmpp_ami_connected 1" in bridge.metrics()
+
+
+async def test_refused_ami_login_is_one_clear_error_and_the_service_runs(pbx, prosody, xmpp_accounts, tmp_path):
+    """A wrong AMI secret leaves the link 'login_refused' with a reason; chat still works."""
+    service = xmpp_accounts("asterisk")
+    alice = xmpp_accounts("alice")
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice[0]}, secret="wrong")
+    async with running_harness(config) as svc:
+        bridge = svc.services.ami
+        await eventually(lambda: bridge.link.state == "login_refused", 30, "the refused login")
+        assert "login refused" in bridge.link.last_error
+        assert svc.pool.all_online()
+
+
+async def test_voicemail_is_notified_once_with_its_details(pbx, prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """A voicemail left for 2001 reaches Alice's JID once, with caller, duration and counts;
+    an urgent one says so."""
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("alice")
+    alice = await xmpp_client(alice_jid, alice_pw)
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid})
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Bob Caller" <5550100>')
+        msg = await alice.next_message(60, sender=service[0])
+        assert "New voicemail from Bob Caller <5550100>" in msg.body
+        assert f"2001@{VM_CONTEXT}" in msg.body
+        assert "1 new, 0 old" in msg.body
+        assert " s long" in msg.body
+        await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Carol" <5550111>', options="sU")
+        urgent = await alice.next_message(60, sender=service[0])
+        assert urgent.body.startswith("Urgent voicemail from Carol <5550111>")
+        await alice.no_message(2, sender=service[0])
+    assert len(inbox_files(pbx, "2001")) == 2
+
+
+async def test_voicemail_left_while_the_service_was_down_is_notified_once(
+    pbx, prosody, xmpp_accounts, xmpp_client, tmp_path
+):
+    """Left while the service was stopped: notified at start; a second start sends nothing."""
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("alice")
+    alice = await xmpp_client(alice_jid, alice_pw)
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid})
+    await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Dave" <5550122>')
+    await eventually(lambda: inbox_files(pbx, "2001"), 60, "the voicemail file")
+    await pbx.wait_channels_gone("Local/leave@agx-vm-*", 30)
+    async with running_harness(config) as svc:
+        msg = await alice.next_message(60, sender=service[0])
+        assert "New voicemail from Dave <5550122>" in msg.body
+        assert "1 new, 0 old" in msg.body
+    async with running_harness(config) as svc:
+        bridge = svc.services.ami
+        await eventually(lambda: bridge.counters.resyncs >= 1 and bridge.events.empty(), 30, "a resync")
+        # the outbox keeps order: a marker sent after the resync arrives after anything it sent
+        await svc.pool.send("asterisk", parse_jid(alice_jid), "marker")
+        assert (await alice.next_message(30, sender=service[0])).body == "marker"
+    assert bridge.counters.voicemail_notified == 0
