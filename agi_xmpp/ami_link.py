@@ -121,6 +121,7 @@ class AmiLink:
         self.action_timeout = action_timeout
         self._keepalive = keepalive
         self._protocol: AMIProtocol | None = None
+        self._held: list[AmiEvent] = []
         self._down = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._stopping = False
@@ -190,6 +191,7 @@ class AmiLink:
         loop = asyncio.get_running_loop()
         self.state = "connecting"
         self._down.clear()
+        self._held = []
         host, port = self.config.host, self.config.port
         async with asyncio.timeout(self._connect_timeout):
             _transport, protocol = await loop.create_connection(AMIProtocol, host, port)
@@ -218,6 +220,9 @@ class AmiLink:
         self.log.info("ami_connected", version=self.version, connects=self.connects)
         # Before any event of this connection: the consumer resyncs first.
         self.events.put_nowait(AmiEvent(LINK_UP, {}))
+        held, self._held = self._held, []
+        for event in held:
+            self.events.put_nowait(event)
 
     async def _stay_up(self) -> None:
         """Until the link drops: a Ping every ``keepalive`` seconds proves it is alive."""
@@ -254,6 +259,12 @@ class AmiLink:
             self.state = "down"
 
     def _deliver(self, event: AmiEvent) -> None:
+        if self.state != "connected":
+            # Asterisk sends FullyBooted right after the Login response, before we have seen
+            # that response: hold such events until LINK_UP is queued (which resyncs anyway).
+            if event.name != "FullyBooted":
+                self._held.append(event)
+            return
         self.events.put_nowait(event)
 
     # -- actions ------------------------------------------------------------------------------

@@ -204,3 +204,58 @@ async def test_voicemail_left_while_the_service_was_down_is_notified_once(
         await svc.pool.send("asterisk", parse_jid(alice_jid), "marker")
         assert (await alice.next_message(30, sender=service[0])).body == "marker"
     assert bridge.counters.voicemail_notified == 0
+
+
+async def hint_state(lab, ext: str) -> tuple[str, str, str]:
+    """(ExtensionState StatusText, PresenceState State, its Message) as AMI reports them."""
+    ext_state = await lab.ami_action("ExtensionState", Exten=ext, Context=HINT_CONTEXT)
+    presence = await lab.ami_action("PresenceState", Provider=f"CustomPresence:{ext}")
+    # the response carries two Message headers ("Presence State", then the state's message)
+    return ext_state.get("StatusText", ""), presence.get("State", ""), presence.get("Message", "").split("\n")[-1]
+
+
+async def wait_hint(lab, ext: str, status: str, presence: str, timeout: float = 30.0) -> tuple[str, str, str]:
+    seen: list[tuple[str, str, str]] = []
+
+    async def matches() -> bool:
+        seen.append(await hint_state(lab, ext))
+        return seen[-1][:2] == (status, presence)
+
+    try:
+        await eventually(matches, timeout, f"hint {ext} to read {status}/{presence}")
+    except AssertionError:
+        raise AssertionError(f"hint {ext} never read {status}/{presence}; last {seen[-1:]}") from None
+    return seen[-1]
+
+
+async def test_chat_presence_drives_the_hint_and_survives_an_asterisk_restart(
+    pbx, prosody, xmpp_accounts, xmpp_client, tmp_path
+):
+    """dnd makes hint 2001 Busy with presence dnd (a comma in the status survives), available
+    makes it Idle; after an Asterisk restart the service re-applies the state."""
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("alice")
+    alice = await xmpp_client(alice_jid, alice_pw)
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid}, presence_to_hints=True)
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        alice.subscribe(service[0])
+        await eventually(lambda: alice_jid in svc.services.presence.contacts("asterisk"), 30, "the subscription")
+        alice.send_presence(show="dnd", status="In a meeting, back at 3")
+        _, _, message = await wait_hint(pbx, "2001", "Busy", "dnd")
+        assert message == "In a meeting, back at 3"
+        shown = [line for line in (await pbx.arx("core show hint 2001")).splitlines() if HINT_CONTEXT in line]
+        assert shown and "Busy" in shown[0] and "dnd" in shown[0], shown
+        alice.send_presence()
+        await wait_hint(pbx, "2001", "Idle", "available")
+        alice.send_presence(show="dnd", status="focus")
+        await wait_hint(pbx, "2001", "Busy", "dnd")
+
+        connects = svc.services.ami.link.connects
+        # A fresh Asterisk forgets nothing it stored in astdb, so clear the state by hand
+        # first: what the service re-applies is then visible.
+        await pbx.ami_action("Setvar", Variable="DEVICE_STATE(Custom:2001)", Value="NOT_INUSE")
+        await asyncio.to_thread(pbx.restart)
+        await pbx.ami_action("Setvar", Variable="DEVICE_STATE(Custom:2001)", Value="NOT_INUSE")
+        await eventually(lambda: svc.services.ami.link.connects > connects, 90, "the AMI reconnect")
+        await wait_hint(pbx, "2001", "Busy", "dnd", timeout=60)
