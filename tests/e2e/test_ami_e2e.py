@@ -259,3 +259,43 @@ async def test_chat_presence_drives_the_hint_and_survives_an_asterisk_restart(
         await pbx.ami_action("Setvar", Variable="DEVICE_STATE(Custom:2001)", Value="NOT_INUSE")
         await eventually(lambda: svc.services.ami.link.connects > connects, 90, "the AMI reconnect")
         await wait_hint(pbx, "2001", "Busy", "dnd", timeout=60)
+
+
+async def test_click_to_call_from_chat(pbx, prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """'call N' rings the user's device then dials N in originate_context, with chat replies
+    for answered, busy and no answer; 'call <jid>' dials that user's extension; strangers and
+    junk get a clear answer."""
+    service = xmpp_accounts("asterisk")
+    users = {ext: xmpp_accounts(f"u{ext}") for ext in ("2001", "2002", "2003", "2004")}
+    stranger_jid, stranger_pw = xmpp_accounts("stranger")
+    config = office_config(prosody, pbx, tmp_path, service, {e: j for e, (j, _p) in users.items()})
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        alice = await xmpp_client(*users["2001"])
+
+        async def ask(client, text: str) -> str:
+            client.send_message(service[0], text)
+            return (await client.next_message(60, sender=service[0])).body
+
+        assert (await ask(alice, "call 555-1234")).startswith("Calling your phone")
+        dialled = await pbx.wait_user_event("AgxDialled", 60)
+        assert (dialled["NUMBER"], dialled["CALLER"]) == ("5551234", "2001")
+        assert (await alice.next_message(60, sender=service[0])).body.startswith("Connected")
+
+        assert (await ask(alice, f"call {users['2002'][0]}")).startswith("Calling your phone")
+        assert (await pbx.wait_user_event("AgxDialled", 60))["NUMBER"] == "2002"
+        await alice.next_message(60, sender=service[0])
+
+        busy = await xmpp_client(*users["2003"])
+        assert (await ask(busy, "call 100")).startswith("Calling your phone")
+        assert (await busy.next_message(60, sender=service[0])).body.startswith("Busy")
+
+        silent = await xmpp_client(*users["2004"])
+        assert (await ask(silent, "call 100")).startswith("Calling your phone")
+        assert "did not answer" in (await silent.next_message(90, sender=service[0])).body
+
+        assert "not a number" in await ask(alice, "call 12;Hangup")
+        assert "call <number>" in await ask(alice, "help")
+        stranger = await xmpp_client(stranger_jid, stranger_pw)
+        assert "only users in the PBX directory" in await ask(stranger, "call 5551234")
+        assert svc.services.ami.counters.calls_refused == 1
