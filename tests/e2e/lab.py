@@ -1087,7 +1087,7 @@ sort = alpha
     def ensure_module(self, module: str) -> None:
         """Load ``module`` (e.g. after writing its config), or reload it when already loaded."""
         shown = self.rx(f"module show like {module}")
-        if f"{module} " in shown and "Running" in shown:
+        if f"{module} " in shown and " Running " in shown.replace("Not Running", ""):
             self.rx(f"module reload {module}")
         else:
             out = self.rx(f"module load {module}")

@@ -299,3 +299,47 @@ async def test_click_to_call_from_chat(pbx, prosody, xmpp_accounts, xmpp_client,
         stranger = await xmpp_client(stranger_jid, stranger_pw)
         assert "only users in the PBX directory" in await ask(stranger, "call 5551234")
         assert svc.services.ami.counters.calls_refused == 1
+
+
+async def queue_member(lab, interface: str) -> dict[str, str]:
+    """The QueueMember event of ``interface`` in agx-support (from QueueStatus)."""
+    mark = lab.mark()
+    await lab.ami_action("QueueStatus", Queue="agx-support", ActionID=f"qs-{secrets.token_hex(4)}")
+    return await lab.wait_event("QueueMember", 30, since=mark, StateInterface=interface)
+
+
+async def test_queue_member_is_paused_while_dnd_and_again_after_an_asterisk_restart(
+    pbx, prosody, xmpp_accounts, xmpp_client, tmp_path
+):
+    """dnd pauses 2001 in its queue with reason 'chat: dnd', available unpauses it; after an
+    Asterisk restart (which forgets pauses) the pause is applied again."""
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("alice")
+    alice = await xmpp_client(alice_jid, alice_pw)
+    interface = "Local/2001@agx-phones"
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid}, queue_pause=True)
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        alice.subscribe(service[0])
+        await eventually(lambda: alice_jid in svc.services.presence.contacts("asterisk"), 30, "the subscription")
+
+        async def paused(expected: str) -> None:
+            async def check() -> bool:
+                member = await queue_member(pbx, interface)
+                return member.get("Paused") == expected
+            await eventually(check, 30, f"Paused: {expected}")
+
+        alice.send_presence(show="dnd")
+        await paused("1")
+        assert (await queue_member(pbx, interface)).get("PausedReason") == "chat: dnd"
+        alice.send_presence()
+        await paused("0")
+        alice.send_presence(show="dnd")
+        await paused("1")
+
+        bridge = svc.services.ami
+        connects, pauses = bridge.link.connects, bridge.counters.queue_pauses
+        await asyncio.to_thread(pbx.restart)
+        await eventually(lambda: bridge.link.connects > connects, 90, "the AMI reconnect")
+        await eventually(lambda: bridge.counters.queue_pauses > pauses, 30, "the pause re-applied")
+        await paused("1")
