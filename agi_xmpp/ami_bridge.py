@@ -174,9 +174,10 @@ class AmiBridge:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
         self.counters.resyncs += 1
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
+        if self.ami.queue_pause:
+            self._paused = await self._our_pauses()
         self._all_dirty = True
         self._applied.clear()
-        self._paused.clear()
         self._state_wakeup.set()
         for entry in await self.storage.directory_list():
             if entry.mailbox:
@@ -300,9 +301,25 @@ class AmiBridge:
             if self.ami.queue_pause:
                 await self._apply_pause(entry, answer.show)
 
+    async def _our_pauses(self) -> dict[str, bool]:
+        """Queue members paused with our reason right now (they are ours to unpause)."""
+        try:
+            rows = await self.link.action_list("QueueStatus")
+        except AmiError as exc:
+            log.warning("queue_status_failed", error=str(exc))
+            return {}
+        return {
+            row.get("StateInterface") or row.get("Location", ""): True
+            for row in rows
+            if row.get("Event") == "QueueMember" and row.get("Paused") == "1"
+            and row.get("PausedReason") == PAUSE_REASON
+        }
+
     async def _apply_pause(self, entry: DirectoryEntry, show: Show) -> None:
+        """Pause while the show says so; unpause only a pause of ours (an agent may have paused
+        from the phone for reasons of their own)."""
         paused = show.value in self.ami.queue_pause_shows
-        if self._paused.get(entry.device) == paused:
+        if self._paused.get(entry.device, False) == paused:
             return
         try:
             await self.link.action(

@@ -49,6 +49,7 @@ persistentmembers = no
 [agx-support]
 strategy = ringall
 member => Local/2001@agx-phones,0,Alice,Local/2001@agx-phones
+member => Local/2002@agx-phones,0,Bob,Local/2002@agx-phones
 """
 
 DIALPLAN = f"""\
@@ -311,13 +312,17 @@ async def queue_member(lab, interface: str) -> dict[str, str]:
 async def test_queue_member_is_paused_while_dnd_and_again_after_an_asterisk_restart(
     pbx, prosody, xmpp_accounts, xmpp_client, tmp_path
 ):
-    """dnd pauses 2001 in its queue with reason 'chat: dnd', available unpauses it; after an
-    Asterisk restart (which forgets pauses) the pause is applied again."""
+    """dnd pauses 2001 in its queue with reason 'chat: dnd', available unpauses it; a pause the
+    agent made (2002, 'lunch') is left alone; after an Asterisk restart the pause is applied
+    again."""
     service = xmpp_accounts("asterisk")
     alice_jid, alice_pw = xmpp_accounts("alice")
     alice = await xmpp_client(alice_jid, alice_pw)
     interface = "Local/2001@agx-phones"
-    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid}, queue_pause=True)
+    bob_jid, _ = xmpp_accounts("bob")
+    await pbx.ami_action("QueuePause", Interface="Local/2002@agx-phones", Paused="true", Reason="lunch")
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid, "2002": bob_jid},
+                           queue_pause=True)
     async with running_harness(config) as svc:
         await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
         alice.subscribe(service[0])
@@ -336,6 +341,8 @@ async def test_queue_member_is_paused_while_dnd_and_again_after_an_asterisk_rest
         await paused("0")
         alice.send_presence(show="dnd")
         await paused("1")
+        bob = await queue_member(pbx, "Local/2002@agx-phones")
+        assert (bob.get("Paused"), bob.get("PausedReason")) == ("1", "lunch")
 
         bridge = svc.services.ami
         connects, pauses = bridge.link.connects, bridge.counters.queue_pauses
