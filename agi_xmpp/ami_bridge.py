@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -96,7 +97,7 @@ class AmiBridge:
         self.link = AmiLink(self.ami, self.events, backoff=Backoff(cap=float(config.general.reconnect_max_delay)))
         self.counters = AmiCounters()
         self.spool_error = check_spool(self.ami.voicemail_spool)
-        self._uploader = uploader
+        self._uploader = uploader or self._upload_recording
         self._clock = clock
         self._commands: asyncio.Queue[InboundMessage] = asyncio.Queue()
         self._rate = c2c.RateLimit(self.ami.call_limit, clock=clock)
@@ -230,6 +231,15 @@ class AmiBridge:
                 await self.pool.send(self.account, to, url)  # its own body: clients inline it
             else:
                 self.counters.voicemail_failed += 1
+
+    async def _upload_recording(self, account: str, message: Voicemail) -> str | None:
+        """XEP-0363 upload of the recording through the account's own session."""
+        assert message.recording is not None
+        data = await asyncio.to_thread(message.recording.read_bytes)
+        name = "voicemail-" + re.sub(r"[^A-Za-z0-9._-]", "_", message.msg_id) + message.recording.suffix.lower()
+        url = await self.pool.session(account).upload(name, data, message.content_type)
+        log.info("voicemail_uploaded", mailbox=message.mailbox, msg_id=message.msg_id, bytes=len(data))
+        return url
 
     async def _notify_from_event(self, entry: DirectoryEntry, event: AmiEvent, counts: Counts | None) -> None:
         """``delete=yes``: the files are gone; the event's caller channel is all there is."""

@@ -350,3 +350,32 @@ async def test_queue_member_is_paused_while_dnd_and_again_after_an_asterisk_rest
         await eventually(lambda: bridge.link.connects > connects, 90, "the AMI reconnect")
         await eventually(lambda: bridge.counters.queue_pauses > pauses, 30, "the pause re-applied")
         await paused("1")
+
+
+async def test_voicemail_recording_is_uploaded_and_linked_with_oob(pbx, prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """With voicemail_upload, the recording goes to the server's XEP-0363 service; its URL
+    arrives as a message of its own with an XEP-0066 element, and fetching it gives the
+    spool's bytes back exactly."""
+    import aiohttp
+
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("alice")
+    alice = await xmpp_client(alice_jid, alice_pw)
+    oob_urls: list[str] = []
+    alice.xmpp.add_event_handler(
+        "message", lambda msg: oob_urls.extend(e.text for e in msg.xml.iter("{jabber:x:oob}url"))
+    )
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid}, voicemail_upload=True)
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Erin" <5550133>')
+        text = await alice.next_message(60, sender=service[0])
+        assert "New voicemail from Erin <5550133>" in text.body
+        link = await alice.next_message(60, sender=service[0])
+    assert link.body.startswith("http://") and " " not in link.body
+    assert oob_urls == [link.body]
+    (recording,) = sorted((pbx.spool / VM_CONTEXT / "2001" / "INBOX").glob("msg*.wav"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(link.body) as response:
+            assert response.status == 200
+            assert await response.read() == recording.read_bytes()
