@@ -25,7 +25,7 @@ VM_CONTEXT = "agxe2e"
 HINT_CONTEXT = "agi-xmpp-hints"  # as shipped in dialplan/agi-xmpp-hints.conf
 #: The least privileges docs/ami.md gives the service's AMI user.
 AMI_READ = "system,call,agent"
-AMI_WRITE = "system,call,originate,agent"
+AMI_WRITE = "call,originate,agent"
 
 VOICEMAIL_CONF = f"""\
 [general]
@@ -40,6 +40,7 @@ attach = no
 [{VM_CONTEXT}]
 2001 => 1234,Alice
 2002 => 1234,Bob
+2005 => 1234,Eve,,,delete=yes
 """
 
 QUEUES_CONF = """\
@@ -139,14 +140,23 @@ def inbox_files(lab, ext: str) -> list[Path]:
 
 async def test_ami_link_is_shown_in_health_and_metrics(pbx, prosody, xmpp_accounts, tmp_path):
     """With a good AMI login, /health reports the link connected and /metrics a 1."""
+    import aiohttp
+
     service = xmpp_accounts("asterisk")
     alice = xmpp_accounts("alice")
     config = office_config(prosody, pbx, tmp_path, service, {"2001": alice[0]})
-    async with running_harness(config) as svc:
+    async with running_harness(config, http=True) as svc:
         bridge = svc.services.ami
         await eventually(lambda: bridge.link.connected, 30, "the AMI login")
-        assert bridge.status()["state"] == "connected"
-        assert "agi_xmpp_ami_connected 1" in bridge.metrics()
+        host, port = config.general.http_bind
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{host}:{port}/health") as response:
+                health = await response.json()
+                assert response.status == 200, health
+            async with http.get(f"http://{host}:{port}/metrics") as response:
+                metrics = await response.text()
+        assert health["ami"]["state"] == "connected"
+        assert "agi_xmpp_ami_connected 1" in metrics.splitlines()
 
 
 async def test_refused_ami_login_is_one_clear_error_and_the_service_runs(pbx, prosody, xmpp_accounts, tmp_path):
@@ -379,3 +389,19 @@ async def test_voicemail_recording_is_uploaded_and_linked_with_oob(pbx, prosody,
         async with http.get(link.body) as response:
             assert response.status == 200
             assert await response.read() == recording.read_bytes()
+
+
+async def test_delete_yes_mailbox_is_notified_from_the_event(pbx, prosody, xmpp_accounts, xmpp_client, tmp_path):
+    """voicemail.conf delete=yes removes the files before the event: the chat carries the
+    caller from the event, once."""
+    service = xmpp_accounts("asterisk")
+    eve_jid, eve_pw = xmpp_accounts("eve")
+    eve = await xmpp_client(eve_jid, eve_pw)
+    config = office_config(prosody, pbx, tmp_path, service, {"2005": eve_jid}, voicemail_delete=True)
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        await leave_voicemail(pbx, f"2005@{VM_CONTEXT}", '"Frank" <5550144>')
+        msg = await eve.next_message(60, sender=service[0])
+        assert "New voicemail from Frank <5550144>" in msg.body and "not kept" in msg.body
+        await eve.no_message(3, sender=service[0])
+    assert inbox_files(pbx, "2005") == []
