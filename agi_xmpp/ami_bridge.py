@@ -31,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -71,6 +71,8 @@ class _PendingCall:
     user: str  # the bare JID to answer
     target: str
     started: float
+    # set once "Calling your phone…" is queued, so the outcome never overtakes it
+    announced: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class AmiBridge:
@@ -175,6 +177,10 @@ class AmiBridge:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
         self.counters.resyncs += 1
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
+        for call in self._calls.values():
+            # Asterisk's answer to these went with the old connection.
+            await self._reply(call.user, c2c.LOST.format(target=call.target))
+        self._calls.clear()
         if self.ami.queue_pause:
             self._paused = await self._our_pauses()
         self._all_dirty = True
@@ -398,7 +404,7 @@ class AmiBridge:
             return
         self._forget_stale_calls()
         call_id = f"agx-c2c-{secrets.token_hex(8)}"
-        self._calls[call_id] = _PendingCall(sender, number, self._clock())
+        call = self._calls[call_id] = _PendingCall(sender, number, self._clock())
         self.counters.calls_requested += 1
         log.info("click_to_call", sender=sender, device=entry.device, number=number, call_id=call_id)
         try:
@@ -420,12 +426,17 @@ class AmiBridge:
             log.warning("click_to_call_rejected", sender=sender, error=str(exc))
             await self._reply(sender, c2c.FAILED.format(target=number, reason=str(exc)[:120]))
             return
-        await self._reply(sender, c2c.CALLING.format(target=number))
+        try:
+            await self._reply(sender, c2c.CALLING.format(target=number))
+        finally:
+            call.announced.set()
 
     async def _originate_response(self, event: AmiEvent) -> None:
         call = self._calls.pop(event.get("ActionID"), None) or self._calls.pop(event.get("Uniqueid"), None)
         if call is None:
             return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.announced.wait(), 10.0)
         response, reason = event.get("Response"), event.get("Reason")
         log.info("click_to_call_result", sender=call.user, response=response, reason=reason)
         await self._reply(call.user, c2c.outcome_text(response, reason, call.target))

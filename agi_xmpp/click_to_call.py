@@ -38,6 +38,7 @@ OUTCOMES = {
     "1": "Your phone hung up; the call to {target} was not made.",
 }
 FAILED = "The call to {target} could not be made ({reason})."
+LOST = "The connection to the PBX was lost: I cannot tell whether your call to {target} was made."
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,3 +192,26 @@ async def test_rejected_originate_and_strangers_get_answers(bridge):
     (bob, reply), (mallory, refusal) = bridge.fake_pool.sent
     assert bob == "bob@example.com" and "Permission denied" in reply
     assert mallory == "mallory@example.net" and "only users in the PBX directory" in refusal
+
+
+async def test_a_call_pending_when_the_link_drops_is_answered_at_resync(bridge):
+    """No OriginateResponse will come for a call of the old connection: the user is told."""
+    await bridge._command(chat("alice@example.com/phone", "call 5551234"))
+    await bridge._handle(event("agi-xmpp:link-up"))
+    bodies = [body for _, body in bridge.fake_pool.sent]
+    assert bodies[-1].startswith("The connection to the PBX was lost")
+    assert not bridge._calls
+
+
+async def test_unreadable_spool_is_reported_once_and_events_do_not_fail(tmp_path, bridge):
+    """A missing spool sets spool_error at construction; MessageWaiting then sends nothing and
+    raises nothing (without voicemail_delete)."""
+    import dataclasses
+
+    ami = dataclasses.replace(bridge.ami, voicemail_spool=str(tmp_path / "missing"))
+    config = dataclasses.replace(bridge.config, ami=ami)
+    broken = AmiBridge(config, bridge.storage, PresenceCache(), bridge.fake_pool)  # type: ignore[arg-type]
+    broken.link = FakeLink()  # type: ignore[assignment]
+    assert "does not exist" in broken.spool_error
+    await broken._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
+    assert bridge.fake_pool.sent == []
