@@ -111,6 +111,7 @@ class AmiBridge:
         self._paused: dict[str, bool] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._mailbox_errors: set[str] = set()
+        self._unknown_mailboxes: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<AmiBridge {self.link.state} [{len(self._calls)} calls pending]>"
@@ -198,7 +199,9 @@ class AmiBridge:
             return
         entry = await self.storage.directory_find_mailbox(mailbox)
         if entry is None:
-            log.debug("voicemail_mailbox_not_in_directory", mailbox=mailbox)
+            if mailbox not in self._unknown_mailboxes:  # once: other mailboxes are normal
+                self._unknown_mailboxes.add(mailbox)
+                log.info("voicemail_mailbox_not_in_directory", mailbox=mailbox)
             return
         counts = _counts(event)
         messages: list[Voicemail] = []
@@ -291,7 +294,7 @@ class AmiBridge:
             self._all_dirty, self._dirty = False, set()
             try:
                 await self._apply_entries(everything, dirty)
-            except AmiError as exc:
+            except (AmiError, StorageError) as exc:
                 log.warning("ami_state_apply_failed", error=str(exc))
                 self._all_dirty = True  # retried on the next wakeup or resync
                 if self.link.connected:
