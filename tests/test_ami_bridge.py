@@ -215,3 +215,11 @@ async def test_unreadable_spool_is_reported_once_and_events_do_not_fail(tmp_path
     assert "does not exist" in broken.spool_error
     await broken._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
     assert bridge.fake_pool.sent == []
+
+
+async def test_fullybooted_rescans_mailboxes(bridge):
+    """FullyBooted (Asterisk came up under a live link) is a resync: the mailbox is rescanned."""
+    write_message(bridge.spool, "2001@default", "INBOX", 0, msg_id="5-5")
+    await bridge._handle(event("FullyBooted", Status="Fully Booted"))
+    assert bridge.counters.resyncs == 1
+    assert [to for to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
