@@ -405,3 +405,26 @@ async def test_delete_yes_mailbox_is_notified_from_the_event(pbx, prosody, xmpp_
         assert "New voicemail from Frank <5550144>" in msg.body and "not kept" in msg.body
         await eve.no_message(3, sender=service[0])
     assert inbox_files(pbx, "2005") == []
+
+
+async def test_recording_over_the_upload_limit_falls_back_to_text_only(pbx, xmpp_client, tmp_path):
+    """The upload service's max-file-size is honoured: a bigger recording is not uploaded and
+    the owner gets the text notification alone."""
+    from agi_xmpp.local_prosody import LocalProsody
+
+    server = LocalProsody(tmp_path / "small-uploads", extra_config="http_file_share_size_limit = 64")
+    server.start()
+    try:
+        service = (server.register("asterisk", "pw-service"), "pw-service")
+        alice_jid = server.register("alice", "pw-alice")
+        alice = await xmpp_client(alice_jid, "pw-alice", server=server)
+        config = office_config(server, pbx, tmp_path, service, {"2001": alice_jid}, voicemail_upload=True)
+        async with running_harness(config) as svc:
+            await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+            await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Gina" <5550155>')
+            text = await alice.next_message(60, sender=service[0])
+            assert "New voicemail from Gina <5550155>" in text.body
+            await eventually(lambda: svc.services.ami.counters.voicemail_failed == 1, 30, "the refused upload")
+            await alice.no_message(2, sender=service[0])
+    finally:
+        server.stop()
