@@ -81,8 +81,10 @@ exten => _X.,1,Answer()
 
 
 def hints_dialplan() -> str:
-    shipped = (Path(__file__).resolve().parents[2] / "dialplan" / "agi-xmpp-hints.conf").read_text()
-    return DIALPLAN + "\n" + shipped
+    """Our test contexts and the shipped AMI examples (loaded as they ship: they must parse)."""
+    shipped = Path(__file__).resolve().parents[2] / "dialplan"
+    examples = [(shipped / name).read_text() for name in ("agi-xmpp-hints.conf", "agi-xmpp-click-to-call.conf")]
+    return "\n".join([DIALPLAN, *examples])
 
 
 @pytest.fixture
