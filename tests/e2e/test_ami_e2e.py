@@ -265,11 +265,12 @@ async def test_chat_presence_drives_the_hint_and_survives_an_asterisk_restart(
         await wait_hint(pbx, "2001", "Busy", "dnd")
 
         connects = svc.services.ami.link.connects
-        # A fresh Asterisk forgets nothing it stored in astdb, so clear the state by hand
-        # first: what the service re-applies is then visible.
+        # Asterisk keeps Custom: states in astdb across a restart, so overwrite them behind the
+        # service's back first: only the service's resync can bring dnd back.
         await pbx.ami_action("Setvar", Variable="DEVICE_STATE(Custom:2001)", Value="NOT_INUSE")
+        await pbx.ami_action("Setvar", Variable="PRESENCE_STATE(CustomPresence:2001)", Value="available")
+        await wait_hint(pbx, "2001", "Idle", "available")
         await asyncio.to_thread(pbx.restart)
-        await pbx.ami_action("Setvar", Variable="DEVICE_STATE(Custom:2001)", Value="NOT_INUSE")
         await eventually(lambda: svc.services.ami.link.connects > connects, 90, "the AMI reconnect")
         await wait_hint(pbx, "2001", "Busy", "dnd", timeout=60)
 
