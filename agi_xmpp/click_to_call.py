@@ -36,6 +36,8 @@ OUTCOMES = {
     "3": "Your phone did not answer; the call to {target} was not made.",
     "8": "The network is congested; the call to {target} was not made.",
     "1": "Your phone hung up; the call to {target} was not made.",
+    "0": "Your phone could not be called (is its device in the directory right?); "
+         "the call to {target} was not made.",
 }
 FAILED = "The call to {target} could not be made ({reason})."
 LOST = "The connection to the PBX was lost: I cannot tell whether your call to {target} was made."

@@ -37,7 +37,7 @@ def test_parse_command(body, expected):
 @pytest.mark.parametrize(
     ("response", "reason", "words"),
     [("Success", "4", "Connected"), ("Failure", "5", "Busy"), ("Failure", "3", "did not answer"),
-     ("Failure", "0", "could not be made")],
+     ("Failure", "0", "could not be called"), ("Failure", "99", "could not be made (reason 99)")],
 )
 def test_outcome_texts(response, reason, words):
     """OriginateResponse Response/Reason become the documented chat replies."""

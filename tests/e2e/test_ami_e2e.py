@@ -277,8 +277,8 @@ async def test_chat_presence_drives_the_hint_and_survives_an_asterisk_restart(
 
 async def test_click_to_call_from_chat(pbx, prosody, xmpp_accounts, xmpp_client, tmp_path):
     """'call N' rings the user's device then dials N in originate_context, with chat replies
-    for answered, busy and no answer; 'call <jid>' dials that user's extension; strangers and
-    junk get a clear answer."""
+    for answered, busy, no answer and a device Asterisk cannot call; 'call <jid>' dials that
+    user's extension; strangers and junk get a clear answer."""
     service = xmpp_accounts("asterisk")
     users = {ext: xmpp_accounts(f"u{ext}") for ext in ("2001", "2002", "2003", "2004")}
     stranger_jid, stranger_pw = xmpp_accounts("stranger")
@@ -307,6 +307,12 @@ async def test_click_to_call_from_chat(pbx, prosody, xmpp_accounts, xmpp_client,
         silent = await xmpp_client(*users["2004"])
         assert (await ask(silent, "call 100")).startswith("Calling your phone")
         assert "did not answer" in (await silent.next_message(90, sender=service[0])).body
+
+        # a device Asterisk cannot call: the Originate is queued, then fails
+        await svc.services.storage.directory_put(
+            make_directory_entry("2004", users["2004"][0], device="PJSIP/agx-nowhere"), replace=True)
+        assert (await ask(silent, "call 100")).startswith("Calling your phone")
+        assert "could not be called" in (await silent.next_message(60, sender=service[0])).body
 
         assert "not a number" in await ask(alice, "call 12;Hangup")
         assert "call <number>" in await ask(alice, "help")
