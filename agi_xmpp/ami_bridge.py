@@ -176,7 +176,6 @@ class AmiBridge:
 
     async def resync(self, why: str) -> None:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
-        self.counters.resyncs += 1
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
         for call in self._calls.values():
             # Asterisk's answer to these went with the old connection.
@@ -190,6 +189,7 @@ class AmiBridge:
         for entry in await self.storage.directory_list():
             if entry.mailbox:
                 await self.mailbox_changed(entry.mailbox, None)
+        self.counters.resyncs += 1  # counted once done: tests and metrics see a finished one
 
     # -- voicemail ------------------------------------------------------------------------------
 

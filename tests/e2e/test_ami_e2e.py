@@ -212,7 +212,7 @@ async def test_voicemail_left_while_the_service_was_down_is_notified_once(
         assert "1 new, 0 old" in msg.body
     async with running_harness(config) as svc:
         bridge = svc.services.ami
-        await eventually(lambda: bridge.counters.resyncs >= 1 and bridge.events.empty(), 30, "a resync")
+        await eventually(lambda: bridge.counters.resyncs >= 1, 30, "a finished resync")
         # the outbox keeps order: a marker sent after the resync arrives after anything it sent
         await svc.pool.send("asterisk", parse_jid(alice_jid), "marker")
         assert (await alice.next_message(30, sender=service[0])).body == "marker"
