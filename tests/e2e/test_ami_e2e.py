@@ -437,3 +437,26 @@ async def test_recording_over_the_upload_limit_falls_back_to_text_only(pbx, xmpp
             await alice.no_message(2, sender=service[0])
     finally:
         server.stop()
+
+
+async def test_voicemail_left_while_xmpp_is_down_arrives_when_it_returns(pbx, private_prosody, xmpp_client, tmp_path):
+    """The notification is an outbox message: queued while the XMPP server is dead, delivered
+    once it is back."""
+    server = private_prosody
+    service = (server.register("asterisk", "pw-service"), "pw-service")
+    alice_jid = server.register("alice", "pw-alice")
+    config = office_config(server, pbx, tmp_path, service, {"2001": alice_jid})
+    config = dataclasses.replace(config, general=dataclasses.replace(config.general, reconnect_max_delay=2))
+    async with running_harness(config) as svc:
+        bridge = svc.services.ami
+        await eventually(lambda: bridge.link.connected, 30, "the AMI login")
+        server.kill()
+        await eventually(lambda: not svc.pool.all_online(), 30, "the XMPP link to drop")
+        await leave_voicemail(pbx, f"2001@{VM_CONTEXT}", '"Hank" <5550166>')
+        await eventually(lambda: bridge.counters.voicemail_notified == 1, 60, "the queued notification")
+        assert svc.pool.counters.queued >= 1
+        server.start()
+        await svc.wait_online(60)
+        alice = await xmpp_client(alice_jid, "pw-alice", server=server)
+        msg = await alice.next_message(60, sender=service[0])
+        assert "New voicemail from Hank <5550166>" in msg.body
