@@ -134,6 +134,10 @@ class AmiConfig:
     presence_to_hints: bool = False
     voicemail_spool: str = "/var/spool/asterisk/voicemail"
     voicemail_upload: bool = False
+    voicemail_delete: bool = False  # voicemail.conf has delete=yes: notify from the event alone
+    queue_pause: bool = False
+    queue_pause_shows: tuple[str, ...] = ("dnd",)  # chat shows that pause a queue member
+    call_limit: int = 5  # click-to-call attempts per user per minute
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +452,7 @@ _GENERAL_KEYS = frozenset(
 )
 _AMI_KEYS = frozenset(
     "host port username secret originate_context presence_to_hints voicemail_spool "
-    "voicemail_upload".split()
+    "voicemail_upload voicemail_delete queue_pause queue_pause_shows call_limit".split()
 )
 # res_xmpp client keys we act on, and those we accept from an xmpp.conf but ignore, with the
 # res_xmpp default that makes them harmless (no warning then).
@@ -527,7 +531,19 @@ def _build_ami(section: Section, base_dir: str, errors: list[ConfigError]) -> Am
         presence_to_hints=v.boolean("presence_to_hints", False),
         voicemail_spool=v.path("voicemail_spool", "/var/spool/asterisk/voicemail", base_dir),
         voicemail_upload=v.boolean("voicemail_upload", False),
+        voicemail_delete=v.boolean("voicemail_delete", False),
+        queue_pause=v.boolean("queue_pause", False),
+        queue_pause_shows=v.converted("queue_pause_shows", ("dnd",), _pause_shows),
+        call_limit=v.integer("call_limit", 5, 1, 1000),
     )
+
+
+def _pause_shows(value: str) -> tuple[str, ...]:
+    shows = tuple(dict.fromkeys(w.strip().lower() for w in value.split(",") if w.strip()))
+    unknown = [w for w in shows if w not in ("away", "xa", "dnd", "offline")]
+    if not shows or unknown:
+        raise ValueError("queue_pause_shows: a comma-separated list of away, xa, dnd, offline")
+    return shows
 
 
 def _build_directory(section: Section, errors: list[ConfigError]) -> tuple[DirectoryEntry, ...]:

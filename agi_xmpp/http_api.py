@@ -226,8 +226,11 @@ def _text(data: dict[str, object], key: str) -> str:
 async def health(request: web.Request) -> web.Response:
     pool = request.app[SERVICES].pool
     connections = pool.connections()
-    ok = pool.all_online()
+    ami = request.app[SERVICES].ami
+    ok = pool.all_online() and (ami is None or ami.link.connected)
     body = {"status": "ok" if ok else "degraded", "accounts": {c["account"]: c["state"] for c in connections}}
+    if ami is not None:
+        body["ami"] = ami.status()
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -343,6 +346,8 @@ async def metrics(request: web.Request) -> web.Response:
         for budget in budgets:
             for action, count in (("evicted", budget.evicted), ("refused", budget.refused_count)):
                 lines.append(f'agi_xmpp_connection_budget_actions_total{{listener="{budget.listener}",action="{action}"}} {count}')
+    if services.ami is not None:
+        lines += services.ami.metrics()
     return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 

@@ -21,6 +21,7 @@ import structlog
 
 from .archive_quota import ArchiveQuota
 from .agi_server import AgiServer
+from .ami_bridge import AmiBridge
 from .config import Config
 from .conn_limits import plan_budgets, raise_nofile_limit
 from .inbox import GROUPCHAT, InboundMessage
@@ -41,6 +42,7 @@ class Services:
     storage: AsyncStorage
     presence: PresenceCache
     pool: XmppPool
+    ami: AmiBridge | None = None  # with an [ami] section
     started_at: float = field(default_factory=time.time)
 
 
@@ -55,13 +57,18 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
     pool = XmppPool(config, async_storage, presence)
     _apply_sender_quotas(pool, presence)
     await pool.start()
+    ami = AmiBridge(config, async_storage, presence, pool) if config.ami is not None else None
+    if ami is not None:
+        await ami.start()
     for warning in config.warnings:
         log.warning("config_warning", detail=warning)
     log.info("services_started", accounts=sorted(config.accounts))
     retention = asyncio.create_task(_archive_retention(async_storage, config.general.archive_retention))
     try:
-        yield Services(config=config, storage=async_storage, presence=presence, pool=pool)
+        yield Services(config=config, storage=async_storage, presence=presence, pool=pool, ami=ami)
     finally:
+        if ami is not None:
+            await ami.stop()
         retention.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await retention

@@ -344,6 +344,17 @@ class _PresenceLogRow(_Base):
     at: Mapped[datetime] = mapped_column(_UtcDateTime())
 
 
+class _VoicemailNotifiedRow(_Base):
+    """A voicemail (by app_voicemail's ``msg_id``) whose owner was told about it (SPEC §3)."""
+
+    __tablename__ = "voicemail_notified"
+    __table_args__ = (_TABLE_OPTIONS,)
+
+    mailbox: Mapped[str] = mapped_column(String(_MAILBOX_LEN), primary_key=True)
+    msg_id: Mapped[str] = mapped_column(String(_STANZA_ID_LEN), primary_key=True)
+    notified_at: Mapped[datetime] = mapped_column(_UtcDateTime())
+
+
 @dataclass(frozen=True, slots=True)
 class _Insert:
     """One prepared append-only row (the unit of group commit)."""
@@ -669,6 +680,34 @@ class Storage:
         rows.reverse()
         return rows
 
+    # -- voicemail notifications -------------------------------------------------------------------
+
+    def voicemail_notified(self, mailbox: str, msg_ids: Iterable[str]) -> set[str]:
+        """Which of ``msg_ids`` of ``mailbox`` were already notified."""
+        wanted = list(dict.fromkeys(msg_ids))
+        found: set[str] = set()
+        with self._read("voicemail_notified") as session:
+            for chunk in _chunks(wanted, _IN_CHUNK):
+                query = select(_VoicemailNotifiedRow.msg_id).where(
+                    _VoicemailNotifiedRow.mailbox == mailbox, _VoicemailNotifiedRow.msg_id.in_(chunk)
+                )
+                found.update(session.scalars(query))
+        return found
+
+    def voicemail_mark_notified(self, mailbox: str, msg_id: str) -> bool:
+        """Remember that ``msg_id`` was notified; False if it already was."""
+        _text("voicemail_mark_notified", "msg_id", msg_id, _STANZA_ID_LEN)
+        try:
+            with self._write("voicemail_mark_notified") as session:
+                if session.get(_VoicemailNotifiedRow, (mailbox, msg_id)) is not None:
+                    return False
+                session.add(_VoicemailNotifiedRow(mailbox=mailbox, msg_id=msg_id, notified_at=_now()))
+        except StorageError as exc:
+            if isinstance(exc.__cause__, IntegrityError):  # another writer got there first
+                return False
+            raise
+        return True
+
     # -- internals ---------------------------------------------------------------------------------
 
     def _insert_many(self, items: Sequence[_Insert]) -> None:
@@ -827,6 +866,12 @@ class AsyncStorage:
         self, account: str, bare: str, limit: int = 20
     ) -> list[PresenceRecord]:
         return await self._call(self.storage.presence_log_recent, account, bare, limit)
+
+    async def voicemail_notified(self, mailbox: str, msg_ids: Iterable[str]) -> set[str]:
+        return await self._call(self.storage.voicemail_notified, mailbox, list(msg_ids))
+
+    async def voicemail_mark_notified(self, mailbox: str, msg_id: str) -> bool:
+        return await self._call(self.storage.voicemail_mark_notified, mailbox, msg_id)
 
     # -- internals ---------------------------------------------------------------------------------
 

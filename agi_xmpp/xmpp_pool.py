@@ -102,6 +102,7 @@ class XmppPool:
         self._resend_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
+        self._presence_hooks: list[Callable[[str, str | None], None]] = []
         self._ack_batch: list[str] = []
         self._ack_flush: asyncio.Task[None] | None = None
         # Ids confirmed while a resend runs: its list of pending rows may predate their commit.
@@ -131,6 +132,11 @@ class XmppPool:
     def add_message_hook(self, hook: Callable[[str, InboundMessage], bool]) -> None:
         """A hook sees each incoming message first; returning True consumes it (chat commands)."""
         self._message_hooks.append(hook)
+
+    def add_presence_hook(self, hook: Callable[[str, str | None], None]) -> None:
+        """``hook(account, bare)`` after each presence change; ``bare`` None: every contact
+        changed (the session ended). Called synchronously: it must only note the change."""
+        self._presence_hooks.append(hook)
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -276,6 +282,8 @@ class XmppPool:
         # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
         self.presence.drop_presence(account)
         self._in_flight[account].clear()
+        for hook in self._presence_hooks:
+            hook(account, None)
 
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
         self.presence.set_roster(account, bare_jids)
@@ -284,6 +292,8 @@ class XmppPool:
         self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
     ) -> None:
         self.presence.update(account, jid, available=available, show=show, priority=priority, status=status)
+        for hook in self._presence_hooks:
+            hook(account, jid.bare)
 
     def message_received(self, account: str, message: InboundMessage) -> None:
         self.counters.received += 1

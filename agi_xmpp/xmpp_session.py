@@ -30,7 +30,9 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import io
 import random
+import re
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ log = structlog.get_logger(__name__)
 
 MUC_NS = "http://jabber.org/protocol/muc"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+OOB_NS = "jabber:x:oob"
+_BARE_URL = re.compile(r"https?://[^\s<>\"]+")
 
 
 class SessionListener(Protocol):
@@ -265,6 +269,7 @@ class XmppSession:
         client.register_plugin("xep_0030")
         client.register_plugin("xep_0199", {"keepalive": False})  # answers server pings
         client.register_plugin("xep_0198", {"allow_resume": True})
+        client.register_plugin("xep_0363")  # HTTP upload, for voicemail recordings (ami_bridge)
         client.whitespace_keepalive = False
         roster = client.roster[client.boundjid.bare]
         # res_xmpp's auth_policy: accept (default) authorises and subscribes back; deny refuses.
@@ -526,6 +531,11 @@ class XmppSession:
             raise NotOnline(self.name)
         message = self._client.make_message(mto=to, mbody=body, mtype=kind)
         message["id"] = stanza_id
+        if kind == "chat" and _BARE_URL.fullmatch(body):
+            # A body that is one link gets XEP-0066 out-of-band data with the same URL: that is
+            # what Conversations, Gajim and Dino need to show a shared file inline.
+            oob = ET.SubElement(message.xml, f"{{{OOB_NS}}}x")
+            ET.SubElement(oob, f"{{{OOB_NS}}}url").text = body
         message.send()
         self._unconfirmed.append(stanza_id)
         self._schedule_barrier()
@@ -572,6 +582,16 @@ class XmppSession:
                 self.last_error = "keepalive ping timed out"
                 client.abort()
                 return
+
+    async def upload(self, name: str, data: bytes, content_type: str, timeout: float = 30.0) -> str:
+        """XEP-0363: upload ``data`` to the upload service found by service discovery on the
+        account's server (its size limit honoured); returns the URL to share."""
+        if not self.online or self._client is None:
+            raise NotOnline(self.name)
+        return await self._client.plugin["xep_0363"].upload_file(
+            name, size=len(data), content_type=content_type, input_file=io.BytesIO(data),
+            domain=self._client.boundjid.domain, timeout=timeout,
+        )
 
     # -- group chat -----------------------------------------------------------------------------
 

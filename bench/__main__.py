@@ -23,7 +23,7 @@ from bench.results import Row, table, write_json
 from bench.world import World
 
 SCENARIOS = ("agi_cost", "instructions", "round_trips", "presence_ingest", "xmpp_send", "waiting",
-             "asterisk")
+             "asterisk", "ami")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 _T0 = time.monotonic()
 
@@ -122,6 +122,10 @@ async def run(args: argparse.Namespace) -> int:
                     if floor is None:
                         floor = await _floor_for_lab(world)
                     rows += await asterisk(world, opts, log, floor)
+                elif name == "ami":
+                    from bench.ami_scenario import ami
+
+                    rows += await ami(world, opts, log)
                 else:
                     rows += await getattr(scenarios, name)(world, opts, log)
                     if name == "agi_cost":

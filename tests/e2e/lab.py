@@ -436,6 +436,8 @@ class AsteriskLab:
         self.pjsip_conf = pjsip_conf
         self.extra_configs = dict(extra_configs or {})
         self.extra_ami_users = dict(extra_ami_users or {})
+        #: name -> {"secret", "read", "write"}: AMI users with exactly these privileges
+        self.restricted_ami_users: dict[str, dict[str, str]] = {}
         self.noload = tuple(noload)
         self.verbose = verbose
         self.startup_timeout = startup_timeout
@@ -563,6 +565,7 @@ class AsteriskLab:
             self._unmount()
         except Exception as exc:  # noqa: BLE001
             errors.append(str(exc))
+        self.ami_port = 0
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -696,7 +699,8 @@ class AsteriskLab:
         return fallback
 
     def _write_configs(self) -> None:
-        self.ami_port = free_port(self.ami_host)
+        if not self.ami_port:  # kept while running: add_ami_user() rewrites manager.conf
+            self.ami_port = free_port(self.ami_host)
         noload = list(DEFAULT_NOLOAD) + list(self.noload)
         if "xmpp.conf" not in self.extra_configs:
             noload.append("res_xmpp.so")
@@ -747,7 +751,16 @@ read = all
 write = all
 writetimeout = 5000
 
-""" for user, secret in {self.ami_username: self.ami_secret, **self.extra_ami_users}.items()),
+""" for user, secret in {self.ami_username: self.ami_secret, **self.extra_ami_users}.items())
+            + "".join(f"""\
+[{user}]
+secret = {spec['secret']}
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
+read = {spec.get('read', '')}
+write = {spec.get('write', '')}
+
+""" for user, spec in self.restricted_ami_users.items()),
             "musiconhold.conf": f"""\
 [general]
 
@@ -1064,6 +1077,42 @@ sort = alpha
                                + "\n".join(self.log_text().splitlines()[-20:]))
         if clear_events:
             self.clear_events()
+
+    def add_ami_user(self, name: str, secret: str, *, read: str, write: str) -> None:
+        """Add an AMI user with exactly the ``read``/``write`` classes given; ``manager reload``."""
+        self.restricted_ami_users[name] = {"secret": secret, "read": read, "write": write}
+        self._write_configs()
+        self.rx("manager reload")
+
+    def ensure_module(self, module: str) -> None:
+        """Load ``module`` (e.g. after writing its config), or reload it when already loaded."""
+        shown = self.rx(f"module show like {module}")
+        if f"{module} " in shown and " Running " in shown.replace("Not Running", ""):
+            self.rx(f"module reload {module}")
+        else:
+            out = self.rx(f"module load {module}")
+            if "Loaded" not in out and "already" not in out:
+                raise LabError(f"module load {module}: {out}")
+
+    def restart(self) -> None:
+        """Stop Asterisk and start it again, same configs and AMI port (a restart under us)."""
+        self._check_running()
+        assert self._loop is not None
+        if self._ami is not None:
+            with contextlib.suppress(Exception):
+                self._loop.run(self._ami.close(), timeout=5)
+            self._ami = None
+        self._shutdown_asterisk()
+        self._proc = None
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+        for name in ("asterisk.ctl", "asterisk.pid"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.run_dir / name).unlink()
+        self._launch()
+        self._wait_booted()
+        self._connect_ami()
 
     def reload(self, module: str | None = None) -> str:
         """``module reload [MODULE]`` (``reload`` of everything when None)."""
