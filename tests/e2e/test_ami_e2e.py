@@ -321,6 +321,29 @@ async def test_click_to_call_from_chat(pbx, prosody, xmpp_accounts, xmpp_client,
         assert svc.services.ami.counters.calls_refused == 1
 
 
+async def test_shipped_click_to_call_context_dials_as_the_user(
+    pbx, prosody, xmpp_accounts, xmpp_client, tmp_path
+):
+    """With originate_context = "agi-xmpp-click-to-call" (dialplan/agi-xmpp-click-to-call.conf
+    as shipped), 'call 2002' rings the user's phone, then the shipped context sets the caller ID
+    to the user's extension and dials PJSIP/2002, as its comment says."""
+    service = xmpp_accounts("asterisk")
+    alice_jid, alice_pw = xmpp_accounts("u2001")
+    config = office_config(prosody, pbx, tmp_path, service, {"2001": alice_jid},
+                           originate_context="agi-xmpp-click-to-call")
+    async with running_harness(config) as svc:
+        await eventually(lambda: svc.services.ami.link.connected, 30, "the AMI login")
+        alice = await xmpp_client(alice_jid, alice_pw)
+        mark = pbx.mark()
+        alice.send_message(service[0], "call 2002")
+        assert (await alice.next_message(60, sender=service[0])).body.startswith("Calling your phone")
+        shipped = {"Context": "agi-xmpp-click-to-call", "Extension": "2002"}
+        caller_id = await pbx.wait_event("Newexten", 60, since=mark, Application="Set", **shipped)
+        assert caller_id["AppData"] == "CALLERID(num)=2001"
+        dial = await pbx.wait_event("Newexten", 60, since=mark, Application="Dial", **shipped)
+        assert dial["AppData"] == "PJSIP/2002,30"
+
+
 async def queue_member(lab, interface: str) -> dict[str, str]:
     """The QueueMember event of ``interface`` in agx-support (from QueueStatus)."""
     mark = lab.mark()
