@@ -195,10 +195,10 @@ def line_limit_for(agi_version: str) -> int:
 def set_variable_commands(variables: Mapping[str, str]) -> list[tuple[str, tuple[str, str]]]:
     """``SET VARIABLE`` commands for ``send_commands()``, in order; names checked first."""
     commands = []
-    for name, value in variables.items():
-        if name not in _GOOD_NAMES:
-            check_variable_name(name)  # or LocalProtocolError
-        commands.append(("SET VARIABLE", (name, value)))
+    for pair in variables.items():  # (name, value): the command's arguments as they are
+        if pair[0] not in _GOOD_NAMES:
+            check_variable_name(pair[0])  # or LocalProtocolError
+        commands.append(("SET VARIABLE", pair))
     return commands
 
 

@@ -74,7 +74,7 @@ class AgiSession(asyncio.Protocol):
     """One FastAGI connection: feeds its ``AgiConnection``, runs its script, always closes."""
 
     __slots__ = ("server", "conn", "transport", "channel", "task", "running", "ended", "lost",
-                 "grace_cancelled", "_waiter", "_free", "_grace", "_env_watch",
+                 "grace_cancelled", "_waiter", "_free", "_grace", "env_watch",
                  "_started")
 
     def __init__(self, server: AgiServer) -> None:
@@ -93,7 +93,7 @@ class AgiSession(asyncio.Protocol):
         self._waiter: asyncio.Future[list[Response | CommandFailed]] | _PlainScript | None = None
         self._free: list[asyncio.Future[None]] | None = None  # commands queued behind it
         self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
-        self._env_watch: list[AgiSession | None] = [self]  # see AgiServer.watch_env
+        self.env_watch: list[AgiSession | None] = [self]  # see AgiServer.watch_env
         self._started = 0.0
 
     # --- transport callbacks -----------------------------------------------------------
@@ -159,7 +159,7 @@ class AgiSession(asyncio.Protocol):
             self._wake_free()
 
     def _begin(self, request: Request) -> None:
-        self._env_watch[0] = None
+        self.env_watch[0] = None
         server = self.server
         channel = self.channel = Channel(self, request, self.conn.line_limit)
         self._started = time.monotonic()
@@ -304,7 +304,7 @@ class AgiSession(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (idempotent); what was written still goes out first."""
         self.ended = True
-        self._env_watch[0] = None
+        self.env_watch[0] = None
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -438,7 +438,7 @@ class AgiServer:
             self.log.warning("agi_peer_refused", peer=_peer_text(peer))
             return False
         self.sessions.add(session)
-        self.watch_env(session._env_watch)
+        self.watch_env(session.env_watch)
         return True
 
     def forgotten(self, session: AgiSession) -> None:
