@@ -119,7 +119,7 @@ class AgiSession(asyncio.Protocol):
         for event in events:
             kind = type(event)
             if kind is Answered:
-                self._answered(event.replies)  # type: ignore[union-attr]
+                self._answered(event)  # type: ignore[arg-type]
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
