@@ -68,6 +68,3 @@ class ScriptRegistry:
 
     def __iter__(self) -> Iterator[Script]:
         return iter(sorted(self._scripts.values(), key=lambda s: s.name))
-
-    def __len__(self) -> int:
-        return len(self._scripts)
