@@ -147,12 +147,15 @@ class EndOfStream:
     """The peer closed the connection."""
 
 
-@dataclass(slots=True)
-class Answered:
-    """Every reply to one ``send_commands()``, in order: fewer than the commands when a
-    ``CommandFailed`` (the last) dropped the rest. The wire is free again."""
+class Answered(list["Response | CommandFailed"]):
+    """The event that ends a send: the list of its replies, one per command in order (fewer
+    when a ``CommandFailed``, the last, dropped the rest). The wire is free again.
 
-    replies: list[Response | CommandFailed]
+    A list itself rather than a dataclass holding one: it is made once per send, filled as
+    the replies come, and handed over as it is.
+    """
+
+    __slots__ = ()
 
 
 Event = Request | Answered | HangupNotice | EndOfStream
@@ -195,10 +198,10 @@ def line_limit_for(agi_version: str) -> int:
 def set_variable_commands(variables: Mapping[str, str]) -> list[tuple[str, tuple[str, str]]]:
     """``SET VARIABLE`` commands for ``send_commands()``, in order; names checked first."""
     commands = []
-    for name, value in variables.items():
-        if name not in _GOOD_NAMES:
-            check_variable_name(name)  # or LocalProtocolError
-        commands.append(("SET VARIABLE", (name, value)))
+    for pair in variables.items():  # (name, value): the command's arguments as they are
+        if pair[0] not in _GOOD_NAMES:
+            check_variable_name(pair[0])  # or LocalProtocolError
+        commands.append(("SET VARIABLE", pair))
     return commands
 
 
@@ -412,7 +415,7 @@ class AgiConnection:
                 line = queued.pop()
                 self._out = self._out + line if self._out else line
             else:
-                events.append(Answered(self._replies))
+                events.append(self._replies)
                 self._queued = ()
                 self.state = _IDLE
         return events
@@ -576,7 +579,7 @@ class AgiConnection:
         if not lines:
             return
         lines.reverse()  # popped from the end, in order
-        self._replies = []
+        self._replies = Answered()
         line = lines.pop()
         self._out = self._out + line if self._out else line
         self._queued = lines

@@ -9,7 +9,8 @@ A script is ``fn(channel, services)``, registered under a case-insensitive name:
   and sets the variables it returns, in order, before it closes the connection: no task, no
   coroutine. It must not block.
 
-No I/O here, and no import of the listener: the scripts import this module and ``agi_channel``.
+No I/O here, and no import of the listener: the scripts import this module and ``agi_channel``
+(``Services``, the second argument, only for types: see ``scripts/base.py``).
 """
 
 from __future__ import annotations
@@ -17,15 +18,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .agi_channel import Channel
+from .agi_channel import Channel
 
 __all__ = ["AsyncScriptFn", "PlainScriptFn", "Script", "ScriptRegistry"]
 
-AsyncScriptFn = Callable[["Channel", Any], Awaitable[None]]
-PlainScriptFn = Callable[["Channel", Any], Mapping[str, str] | None]
+AsyncScriptFn = Callable[[Channel, Any], Awaitable[None]]
+PlainScriptFn = Callable[[Channel, Any], Mapping[str, str] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +68,3 @@ class ScriptRegistry:
 
     def __iter__(self) -> Iterator[Script]:
         return iter(sorted(self._scripts.values(), key=lambda s: s.name))
-
-    def __len__(self) -> int:
-        return len(self._scripts)

@@ -75,7 +75,7 @@ class AgiSession(asyncio.Protocol):
     """One FastAGI connection: feeds its ``AgiConnection``, runs its script, always closes."""
 
     __slots__ = ("server", "conn", "transport", "channel", "task", "running", "ended", "lost",
-                 "grace_cancelled", "_waiter", "_free", "_grace", "_env_watch",
+                 "grace_cancelled", "_waiter", "_free", "_grace", "env_watch",
                  "_started")
 
     def __init__(self, server: AgiServer) -> None:
@@ -94,7 +94,7 @@ class AgiSession(asyncio.Protocol):
         self._waiter: asyncio.Future[list[Response | CommandFailed]] | _PlainScript | None = None
         self._free: list[asyncio.Future[None]] | None = None  # commands queued behind it
         self._grace: asyncio.TimerHandle | None = None  # ends a script lingering after hangup
-        self._env_watch: list[AgiSession | None] = [self]  # see AgiServer.watch_env
+        self.env_watch: list[AgiSession | None] = [self]  # see AgiServer.watch_env
         self._started = 0.0
 
     # --- transport callbacks -----------------------------------------------------------
@@ -120,7 +120,7 @@ class AgiSession(asyncio.Protocol):
         for event in events:
             kind = type(event)
             if kind is Answered:
-                self._answered(event.replies)  # type: ignore[union-attr]
+                self._answered(event)  # type: ignore[arg-type]
             elif kind is HangupNotice:
                 self._caller_gone("agi_hangup_received")
             elif kind is Request:
@@ -160,7 +160,7 @@ class AgiSession(asyncio.Protocol):
             self._wake_free()
 
     def _begin(self, request: Request) -> None:
-        self._env_watch[0] = None
+        self.env_watch[0] = None
         server = self.server
         channel = self.channel = Channel(self, request, self.conn.line_limit)
         self._started = time.monotonic()
@@ -305,7 +305,7 @@ class AgiSession(asyncio.Protocol):
     def close(self) -> None:
         """Close the connection (idempotent); what was written still goes out first."""
         self.ended = True
-        self._env_watch[0] = None
+        self.env_watch[0] = None
         if self._grace is not None:
             self._grace.cancel()
             self._grace = None
@@ -443,7 +443,7 @@ class AgiServer:
             self.budget.refused()  # conn_limits: the FastAGI connection budget is spent
             return False
         self.sessions.add(session)
-        self.watch_env(session._env_watch)
+        self.watch_env(session.env_watch)
         return True
 
     def forgotten(self, session: AgiSession) -> None:

@@ -186,7 +186,7 @@ def drive(chunks: list[bytes]) -> list[object]:
     try:
         for chunk in chunks:
             for event in conn.receive_data(chunk):
-                events.extend(event.replies if isinstance(event, Answered) else [event])
+                events.extend(event if isinstance(event, Answered) else [event])
                 if isinstance(event, EndOfStream):
                     return events
     except RemoteProtocolError:

@@ -50,7 +50,7 @@ def feed(conn: AgiConnection, chunks: list[bytes]) -> list[object]:
     events: list[object] = []
     for chunk in chunks:
         for event in conn.receive_data(chunk):
-            events.extend(event.replies if isinstance(event, Answered) else [event])
+            events.extend(event if isinstance(event, Answered) else [event])
             if isinstance(event, EndOfStream):
                 return events
     return events
@@ -296,7 +296,7 @@ def test_reply_frees_the_wire_for_the_next_command() -> None:
     with pytest.raises(LocalProtocolError):
         conn.send_command("NOOP")
     (answered,) = conn.receive_data(b"520 End of proper usage.\n")
-    assert isinstance(answered.replies[0], CommandFailed)
+    assert isinstance(answered[0], CommandFailed)
     assert sent(conn, "NOOP") == b"NOOP\n"
 
 

@@ -19,6 +19,16 @@ from bench.loadgen import env_block
 CALL_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("CALL_VAR", default="unset")
 
 
+async def first_command(
+    server: AgiServer, script: str, raw: bytes = b""
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Asterisk's side of one call, up to the first command line the script sends."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
+    writer.write(env_block(script, raw=raw))
+    async with asyncio.timeout(SAFETY):
+        return reader, writer, await reader.readline()
+
+
 def running_in_task() -> str:
     return "task" if asyncio.current_task() is not None else "callback"
 
@@ -136,10 +146,8 @@ async def test_hangup_in_the_env_bytes_is_seen_when_the_script_starts(serve) -> 
         await channel.set_variable("HUNG_UP", str(channel.hung_up))
 
     server = await serve(registry)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
-    writer.write(env_block("early") + b"HANGUP\n")
-    async with asyncio.timeout(SAFETY):
-        assert await reader.readline() == b'SET VARIABLE "HUNG_UP" "True"\n'
+    reader, writer, line = await first_command(server, "early", raw=b"HANGUP\n")
+    assert line == b'SET VARIABLE "HUNG_UP" "True"\n'
     writer.write(b"200 result=1\n")
     assert await read_to_eof(reader) == b""
     writer.close()
@@ -158,10 +166,8 @@ async def test_script_waiting_for_a_reply_is_cancelled_after_grace(serve) -> Non
             ended.set()
 
     server = await serve(registry, hangup_grace=0.05)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
-    writer.write(env_block("stuck"))
-    async with asyncio.timeout(SAFETY):
-        assert await reader.readline() == b'SET VARIABLE "NEVER" "answered"\n'
+    reader, writer, line = await first_command(server, "stuck")
+    assert line == b'SET VARIABLE "NEVER" "answered"\n'
     with capture_logs() as logs:
         writer.write(b"HANGUP\n")
         assert await read_to_eof(reader) == b""
@@ -178,10 +184,8 @@ async def test_plain_script_whose_replies_never_come_ends_after_grace(serve) -> 
     registry = ScriptRegistry()
     registry.script("plain")(lambda channel, services: {"NEVER": "answered"})
     server = await serve(registry, hangup_grace=0.05)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
-    writer.write(env_block("plain"))
-    async with asyncio.timeout(SAFETY):
-        assert await reader.readline() == b'SET VARIABLE "NEVER" "answered"\n'
+    reader, writer, line = await first_command(server, "plain")
+    assert line == b'SET VARIABLE "NEVER" "answered"\n'
     writer.write(b"HANGUP\n")
     assert await read_to_eof(reader) == b""
     assert server.stats["cancelled_after_hangup"] == 1
@@ -203,10 +207,7 @@ async def test_connection_lost_while_waiting_ends_the_script(serve) -> None:
         ended.set()
 
     server = await serve(registry)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
-    writer.write(env_block("lost"))
-    async with asyncio.timeout(SAFETY):
-        await reader.readline()
+    _, writer, _ = await first_command(server, "lost")
     writer.close()
     async with asyncio.timeout(SAFETY):
         await ended.wait()
@@ -229,10 +230,8 @@ async def test_close_cancels_a_script_waiting_for_a_reply(serve) -> None:
             ended.set()
 
     server = await serve(registry, close_timeout=0.05)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.address[1])
-    writer.write(env_block("waiting"))
+    reader, writer, _ = await first_command(server, "waiting")
     async with asyncio.timeout(SAFETY):
-        await reader.readline()
         await server.close()
     assert ended.is_set()
     assert server.stats["cancelled"] == 1
