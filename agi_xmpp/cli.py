@@ -12,6 +12,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from collections.abc import Sequence
 
 from . import logs
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     show_sub.add_parser("connections", help="XMPP sessions and their state")
     buddies = show_sub.add_parser("buddies", help="roster and presence per resource")
     buddies.add_argument("account", nargs="?", default="")
+    message = show_sub.add_parser("message", help="what happened to one sent message (its id)")
+    message.add_argument("id")
 
     send = sub.add_parser("send", help="send a chat message through the running service")
     send.add_argument("account")
@@ -89,6 +92,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "send":
         reply = _api(config, "POST", "/api/messages", {"account": args.account, "to": args.jid, "body": " ".join(args.text)})
         print(reply["status"])
+        if reply.get("id"):  # to follow it: agi-xmpp show message ID
+            print(f"message id {reply['id']}", file=sys.stderr)
         return 0 if reply["status"] in ("SUCCESS", "QUEUED") else 1
     if args.command == "directory":
         return _directory(config, args)
@@ -130,6 +135,10 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             print(f"       [{row['account']}] {row['jid']:<30} - {state}{extra}")
         print("----")
         print(f"   Number of clients: {len(rows)}")
+        return 0
+    if args.what == "message":
+        for key, value in _api(config, "GET", f"/api/messages/{quote(args.id, safe='')}").items():
+            print(f"{key:>16}: {'' if value is None else value}")
         return 0
     query = f"?account={args.account}" if args.account else ""
     rows = _api(config, "GET", f"/api/buddies{query}")

@@ -113,8 +113,16 @@ async def post_message(request: web.Request) -> web.Response:
     limit = services.config.general.max_message_bytes
     if len(body.encode()) > limit:
         raise ScriptError(f"message longer than max_message_bytes ({limit})")
-    outcome = await services.pool.send(account.name, to, body)
-    return web.json_response({"status": outcome.value})
+    outcome, stanza_id = await services.pool.submit(account.name, to, body)
+    return web.json_response({"status": outcome.value, "id": stanza_id})
+
+
+async def message_get(request: web.Request) -> web.Response:
+    """What happened to one message we sent (outbox state, last error stanza, attempts)."""
+    status = await request.app[SERVICES].pool.message_status(request.match_info["id"])
+    if status is None:
+        return web.json_response({"error": "no such message"}, status=404)
+    return web.json_response(status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -133,7 +141,7 @@ async def metrics(request: web.Request) -> web.Response:
     for name, inbox in pool.inboxes.items():
         lines.append(f'agi_xmpp_inbox_messages{{account="{name}"}} {len(inbox)}')
     counters = pool.counters
-    for field in ("sent", "queued", "acked", "retransmitted", "received", "expired"):
+    for field in ("sent", "queued", "acked", "retransmitted", "received", "expired", "bounced_wait", "failed"):
         lines.append(f"# TYPE agi_xmpp_messages_{field}_total counter")
         lines.append(f"agi_xmpp_messages_{field}_total {getattr(counters, field)}")
     lines += ["# TYPE agi_xmpp_outbox_rows gauge"]
@@ -186,6 +194,7 @@ def make_app(services: Services) -> web.Application:
     app.router.add_get("/api/buddies", buddies)
     app.router.add_get("/api/presence", presence)
     app.router.add_post("/api/messages", post_message)
+    app.router.add_get("/api/messages/{id}", message_get)
     app.router.add_get("/api/directory", directory_get)
     app.router.add_post("/api/directory", directory_post)
     app.router.add_delete("/api/directory/{extension}", directory_delete)

@@ -111,6 +111,7 @@ T = TypeVar("T")
 _JID_LEN = 3071
 _ACCOUNT_LEN = 255
 _STANZA_ID_LEN = 255
+_ERROR_LEN = 1024
 _EXTENSION_LEN = 80
 _DEVICE_LEN = 255
 _MAILBOX_LEN = 255
@@ -135,11 +136,13 @@ class Direction(enum.StrEnum):
 
 
 class OutboxState(enum.StrEnum):
-    """``pending`` until the server acks it (``acked``) or ``outbox_ttl`` ends (``expired``)."""
+    """``pending`` until the server acks it (``acked``) or ``outbox_ttl`` ends (``expired``);
+    ``failed`` when an error stanza refused it for good (``last_error`` says why)."""
 
     PENDING = "pending"
     ACKED = "acked"
     EXPIRED = "expired"
+    FAILED = "failed"
 
 
 class MessageKind(enum.StrEnum):
@@ -170,6 +173,7 @@ class OutboxItem:
     attempts: int
     created_at: datetime
     acked_at: datetime | None
+    last_error: str | None = None  # the last error stanza's condition and text, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +312,7 @@ class _OutboxRow(_Base):
     __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint("kind IN ('chat', 'groupchat')", name="kind"),
-        CheckConstraint("state IN ('pending', 'acked', 'expired')", name="state"),
+        CheckConstraint("state IN ('pending', 'acked', 'expired', 'failed')", name="state"),
         Index(None, "account", "state", "id"),  # outbox_pending
         Index(None, "state", "created_at"),  # outbox_expire, outbox_purge
         _TABLE_OPTIONS,
@@ -324,6 +328,7 @@ class _OutboxRow(_Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(_UtcDateTime())
     acked_at: Mapped[datetime | None] = mapped_column(_UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(_ERROR_LEN))
 
 
 class _PresenceLogRow(_Base):
@@ -404,6 +409,7 @@ class Storage:
     def create_all(self) -> None:
         """Create every missing table and index (no migrations yet: see docs/storage.md)."""
         with _translated("create_all"):
+            _upgrade_outbox(self._write_engine)
             _Base.metadata.create_all(self._write_engine)
 
     def close(self) -> None:
@@ -442,7 +448,8 @@ class Storage:
             return None if row is None else _outbox_item(row)
 
     def outbox_acked(self, stanza_ids: Iterable[str]) -> int:
-        """Mark these rows ``acked`` (from ``pending`` or ``expired``); return how many changed."""
+        """Mark these rows ``acked`` (from ``pending`` or ``expired``, never from ``failed``);
+        return how many changed."""
         ids = list(dict.fromkeys(stanza_ids))
         if not ids:
             return 0
@@ -454,13 +461,29 @@ class Storage:
                     update(_OutboxRow)
                     .where(
                         _OutboxRow.stanza_id.in_(chunk),
-                        _OutboxRow.state != OutboxState.ACKED.value,
+                        _OutboxRow.state.in_([OutboxState.PENDING.value, OutboxState.EXPIRED.value]),
                     )
                     .values(state=OutboxState.ACKED.value, acked_at=now)
                     .execution_options(synchronize_session=False)
                 )
                 changed += _rowcount(result)
         return changed
+
+    def outbox_bounced(self, stanza_id: str, *, permanent: bool, reason: str) -> OutboxItem | None:
+        """An error stanza came back for this row: ``failed`` if ``permanent``, else ``pending``
+        again (a ``wait`` error: retried later, until ``outbox_ttl``); ``last_error`` keeps
+        ``reason``. Returns the updated row, or ``None`` for an unknown id."""
+        state = OutboxState.FAILED if permanent else OutboxState.PENDING
+        with self._write("outbox_bounced") as session:
+            row = session.scalars(select(_OutboxRow).where(_OutboxRow.stanza_id == stanza_id)).first()
+            if row is None:
+                return None
+            if row.state != OutboxState.EXPIRED.value:  # expired stays expired: its time is up
+                row.state = state.value
+                row.acked_at = None
+            row.last_error = _clip(reason, _ERROR_LEN)
+            session.flush()
+            return _outbox_item(row)
 
     def outbox_attempted(self, stanza_id: str) -> None:
         """Count one more transmission of this row (no-op for an unknown id)."""
@@ -488,13 +511,15 @@ class Storage:
             return _rowcount(result)
 
     def outbox_purge(self, created_before: datetime) -> int:
-        """Delete ``acked``/``expired`` rows created before the cutoff; return how many."""
+        """Delete ``acked``/``expired``/``failed`` rows created before the cutoff; return how many."""
         before = _utc(created_before, "created_before")
         with self._write("outbox_purge") as session:
             result = session.execute(
                 delete(_OutboxRow)
                 .where(
-                    _OutboxRow.state.in_([OutboxState.ACKED.value, OutboxState.EXPIRED.value]),
+                    _OutboxRow.state.in_(
+                        [OutboxState.ACKED.value, OutboxState.EXPIRED.value, OutboxState.FAILED.value]
+                    ),
                     _OutboxRow.created_at < before,
                 )
                 .execution_options(synchronize_session=False)
@@ -750,6 +775,9 @@ class AsyncStorage:
     async def outbox_acked(self, stanza_ids: Iterable[str]) -> int:
         return await self._call(self.storage.outbox_acked, list(stanza_ids))
 
+    async def outbox_bounced(self, stanza_id: str, *, permanent: bool, reason: str) -> OutboxItem | None:
+        return await self._call(self.storage.outbox_bounced, stanza_id, permanent=permanent, reason=reason)
+
     async def outbox_attempted(self, stanza_id: str) -> None:
         return await self._call(self.storage.outbox_attempted, stanza_id)
 
@@ -981,6 +1009,41 @@ def _duplicate(extension: str, jid: str) -> DirectoryError:
     )
 
 
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, on one line (error texts come from the network)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _upgrade_outbox(engine: Engine) -> None:
+    """Bring an ``outbox`` table created before the ``failed`` state to the current shape.
+
+    The one schema change so far (docs/storage.md): the ``last_error`` column and ``failed`` in
+    the state check. PostgreSQL and MariaDB swap the named check constraint; SQLite cannot alter
+    a constraint, so its table is rebuilt in one transaction (the rows are kept)."""
+    from sqlalchemy import inspect, text
+
+    states = "state IN ('pending', 'acked', 'expired', 'failed')"
+    with engine.begin() as conn:  # one connection: SQLite would lock a second one out
+        inspector = inspect(conn)
+        if "outbox" not in inspector.get_table_names():
+            return
+        if "last_error" in {c["name"] for c in inspector.get_columns("outbox")}:
+            return
+        if engine.dialect.name == "sqlite":
+            columns = "id, account, to_jid, body, kind, stanza_id, state, attempts, created_at, acked_at"
+            for index in inspector.get_indexes("outbox"):
+                conn.execute(text(f'DROP INDEX "{index["name"]}"'))
+            conn.execute(text("ALTER TABLE outbox RENAME TO outbox_before_upgrade"))
+            _OutboxRow.__table__.create(conn)
+            conn.execute(text(f"INSERT INTO outbox ({columns}) SELECT {columns} FROM outbox_before_upgrade"))
+            conn.execute(text("DROP TABLE outbox_before_upgrade"))
+            return
+        conn.execute(text(f"ALTER TABLE outbox ADD COLUMN last_error VARCHAR({_ERROR_LEN})"))
+        conn.execute(text("ALTER TABLE outbox DROP CONSTRAINT ck_outbox_state"))
+        conn.execute(text(f"ALTER TABLE outbox ADD CONSTRAINT ck_outbox_state CHECK ({states})"))
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -1162,6 +1225,7 @@ def _outbox_item(row: _OutboxRow) -> OutboxItem:
         attempts=row.attempts,
         created_at=row.created_at,
         acked_at=row.acked_at,
+        last_error=row.last_error,
     )
 
 

@@ -17,6 +17,12 @@ non-occupants): the resend first joins every room they address, with the nick th
 remembers for it (else the default nick, e.g. after our own restart); a room that refuses keeps
 its rows pending for the next fresh session.
 
+Bounces: a ``<message type='error'>`` carrying one of our ids is matched to its row. ``wait``
+(RFC 6120 §8.3.2: "retry after waiting", e.g. ejabberd's full offline queue) makes the row
+pending again and it is written again after a back-off (5 s doubling to 5 min) until
+``outbox_ttl``; any other type marks it ``failed`` with the condition and text. Both are logged
+at warning and counted (``bounced_wait``, ``failed``).
+
 Incoming: the sessions report roster, presence and messages here; presence goes to the
 ``PresenceCache``, messages to the account's ``Inbox`` (and the archive). This is the only place
 where XMPP events meet storage.
@@ -58,6 +64,8 @@ class PoolCounters:
     retransmitted: int = 0
     received: int = 0
     expired: int = 0
+    bounced_wait: int = 0  # error stanzas of type wait: the row is retried later
+    failed: int = 0  # other error stanzas: the row is failed
 
 
 class XmppPool:
@@ -96,7 +104,7 @@ class XmppPool:
         self.inboxes: dict[str, Inbox] = {
             name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
         }
-        self._in_flight: dict[str, set[str]] = {name: set() for name in self.sessions}
+        self._retry_handles: dict[str, asyncio.TimerHandle] = {}
         self._resend_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
@@ -117,6 +125,9 @@ class XmppPool:
         self._tasks.append(asyncio.create_task(self._expire_loop(), name="outbox-expiry"))
 
     async def stop(self) -> None:
+        for handle in self._retry_handles.values():
+            handle.cancel()
+        self._retry_handles.clear()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
         for task in [*self._tasks, *self._resend_tasks.values()]:
             task.cancel()
@@ -134,6 +145,11 @@ class XmppPool:
 
     async def send(self, account: str, to: Jid, body: str, kind: str = "chat") -> SendOutcome:
         """Durably accept one message; SUCCESS if a live session took it, else QUEUED."""
+        outcome, _stanza_id = await self.submit(account, to, body, kind)
+        return outcome
+
+    async def submit(self, account: str, to: Jid, body: str, kind: str = "chat") -> tuple[SendOutcome, str]:
+        """``send`` that also returns the stanza id (to follow the message: ``message_status``)."""
         stanza_id = f"agx-{uuid.uuid4().hex}"
         # Both rows ride the same group commit; the reply waits for the outbox row to be durable.
         await asyncio.gather(
@@ -145,13 +161,33 @@ class XmppPool:
             self._write(session, to.full, body, stanza_id, kind)
         except NotOnline:
             self.counters.queued += 1
-            return SendOutcome.QUEUED
+            return SendOutcome.QUEUED, stanza_id
         self.counters.sent += 1
-        return SendOutcome.SUCCESS
+        return SendOutcome.SUCCESS, stanza_id
+
+    async def message_status(self, stanza_id: str) -> dict[str, object] | None:
+        """What happened to one message we sent (HTTP ``GET /api/messages/{id}``), or None."""
+        row = await self.storage.outbox_get(stanza_id)
+        if row is None:
+            return None
+        session = self.sessions.get(row.account)
+        stage = session.delivery.stage(stanza_id) if session is not None else None
+        return {
+            "id": row.stanza_id,
+            "account": row.account,
+            "to": row.to_jid,
+            "kind": row.kind.value,
+            "state": row.state.value,
+            "attempts": row.attempts,
+            "created_at": row.created_at.isoformat(),
+            "acked_at": row.acked_at.isoformat() if row.acked_at else None,
+            "error": row.last_error,
+            "stream": stage.value if stage is not None else None,
+            "retry_scheduled": stanza_id in self._retry_handles,
+        }
 
     def _write(self, session: XmppSession, to: str, body: str, stanza_id: str, kind: str) -> None:
         session.send_message(to, body, stanza_id, kind)
-        self._in_flight[session.name].add(stanza_id)
 
     async def _resend_pending(self, account: str) -> None:
         """After a session comes online: send every pending row not in flight on this stream
@@ -173,11 +209,13 @@ class XmppPool:
         # Groupchat rows need their room joined first, or the room rejects them: the join is
         # sent and confirmed before any of them is written (shared with the session's re-join).
         refused = await self._join_rooms_for(session, pending)
-        in_flight = self._in_flight[account]
+        delivery = session.delivery
         sent = 0
         for item in pending:
-            if item.stanza_id in in_flight or item.stanza_id in acked:
-                continue  # written on this stream already, or confirmed since the query
+            if delivery.on_stream(item.stanza_id) or item.stanza_id in acked or item.stanza_id in delivery.confirmed:
+                continue  # on this stream already, or confirmed (maybe not yet committed)
+            if item.stanza_id in self._retry_handles:
+                continue  # bounced with type wait: its back-off decides when
             if item.kind == "groupchat" and item.to_jid in refused:
                 continue  # stays pending: retried on the next fresh session, until outbox_ttl
             try:
@@ -256,8 +294,6 @@ class XmppPool:
     # -- SessionListener ------------------------------------------------------------------------
 
     def session_online(self, account: str, *, resumed: bool) -> None:
-        if not resumed:
-            self._in_flight[account].clear()
         # Resumed too: what was QUEUED while the stream was down was never written on it, so
         # slixmpp has nothing to replay; _resend_pending skips what is in flight on this stream.
         previous = self._resend_tasks.get(account)
@@ -273,7 +309,6 @@ class XmppPool:
     def session_ended(self, account: str) -> None:
         # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
         self.presence.drop_presence(account)
-        self._in_flight[account].clear()
 
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
         self.presence.set_roster(account, bare_jids)
@@ -294,7 +329,6 @@ class XmppPool:
         ).add_done_callback(_log_archive_failure)
 
     def stanza_acked(self, account: str, stanza_id: str) -> None:
-        self._in_flight[account].discard(stanza_id)
         resend_view = self._acked_during_resend.get(account)
         if resend_view is not None:
             resend_view.add(stanza_id)
@@ -316,6 +350,57 @@ class XmppPool:
                 log.error("outbox_ack_failed", count=len(batch), error=str(exc))
                 return
             self.counters.acked += count
+            for session in self.sessions.values():
+                session.delivery.forget(batch)
+
+    def stanza_bounced(
+        self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str
+    ) -> None:
+        """An error stanza for one of our messages: retry it later (wait) or mark it failed."""
+        permanent = error_type != "wait"
+        reason = f"{error_type}/{condition}" + (f": {text}" if text else "")
+        if stanza_id in self._ack_batch:
+            self._ack_batch = [i for i in self._ack_batch if i != stanza_id]
+        if permanent:
+            self.counters.failed += 1
+        else:
+            self.counters.bounced_wait += 1
+        log.warning("outbox_bounced", account=account, stanza_id=stanza_id, error=reason,
+                    retry=not permanent)
+        task = asyncio.ensure_future(self._record_bounce(account, stanza_id, permanent, reason))
+        task.add_done_callback(_log_archive_failure)
+
+    async def _record_bounce(self, account: str, stanza_id: str, permanent: bool, reason: str) -> None:
+        row = await self.storage.outbox_bounced(stanza_id, permanent=permanent, reason=reason)
+        if row is None or permanent or row.state != "pending":
+            return
+        # RFC 6120 §8.3.2 "wait": retry after waiting. Back-off from the attempts made so far.
+        delay = min(300.0, 5.0 * 2 ** min(row.attempts, 6))
+        previous = self._retry_handles.pop(stanza_id, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_handles[stanza_id] = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self._retry_bounced(account, stanza_id))
+        )
+
+    async def _retry_bounced(self, account: str, stanza_id: str) -> None:
+        self._retry_handles.pop(stanza_id, None)
+        try:
+            row = await self.storage.outbox_get(stanza_id)
+        except StorageError as exc:
+            log.error("outbox_retry_failed", stanza_id=stanza_id, error=str(exc))
+            return
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
+        if row is None or row.state != "pending" or row.created_at < cutoff:
+            return  # acked meanwhile, failed, or its time is up (the expiry marks it)
+        session = self.sessions[account]
+        try:
+            self._write(session, row.to_jid, row.body, row.stanza_id, row.kind)
+        except NotOnline:
+            return  # stays pending: the next session's resend writes it
+        await self.storage.outbox_attempted(stanza_id)
+        self.counters.retransmitted += 1
 
     # -- views for show commands, health and metrics --------------------------------------------
 

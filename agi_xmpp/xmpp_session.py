@@ -19,10 +19,13 @@ Theory of operation
 - The back-off resets after a session that was established.
 - One client object lives for the whole life of the account, so XEP-0198 can resume the stream
   after a TCP drop; ``session_resumed`` keeps presence, a real ``session_end`` drops it.
-- Delivery to the server is confirmed with a *barrier*: after each burst of messages we send a
-  XEP-0199 ping to our server; its reply proves the server has read every stanza we wrote before
-  it (a c2s stream is processed in order). This works the same with or without XEP-0198, which we
-  use for resumption. Confirmed stanza ids go to ``listener.stanza_acked``.
+- What the server has of our messages is decided by ``delivery.DeliveryTracker``, a pure state
+  machine; this module only feeds it what happens on the wire: a last outgoing filter reports
+  each of our messages as really written (with its XEP-0198 sequence number) or dropped by a
+  dead link, ``<a h>``/``<resumed h>`` report the server's count, and after each burst we
+  write a *barrier* (a XEP-0199 ping to our server) whose answer proves the server read every
+  message written before it on that link. Confirmed ids go to ``listener.stanza_acked``;
+  bounces (``<message type='error'>`` with our id) to ``listener.stanza_bounced``.
 - Keepalive: a ping to our server every ``keepalive_interval`` seconds; no answer within
   ``keepalive_timeout`` aborts the link (a TCP connection that went silent without a FIN).
 """
@@ -39,9 +42,14 @@ from typing import Protocol
 import slixmpp
 import structlog
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0198 import stanza as sm_stanza
+from slixmpp.stanza import Iq, Message
 from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from .config import AccountConfig
+from .delivery import DeliveryTracker, Stage
 from .errors import InvalidJid, ScriptError
 from .inbox import InboundMessage
 from .jid import Jid, parse_jid
@@ -64,6 +72,7 @@ class SessionListener(Protocol):
     ) -> None: ...
     def message_received(self, account: str, message: InboundMessage) -> None: ...
     def stanza_acked(self, account: str, stanza_id: str) -> None: ...
+    def stanza_bounced(self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str) -> None: ...
 
 
 class NotOnline(Exception):
@@ -143,11 +152,14 @@ class XmppSession:
         self.last_error = ""
         self.connected_since: float | None = None
         self.reconnects = 0
+        self.resumptions = 0
         self._stopping = False
         self._attempt: asyncio.Future[bool] | None = None
         self._link_down = asyncio.Event()
         self._rooms: dict[str, _Room] = {}
-        self._unconfirmed: list[str] = []
+        self.delivery = DeliveryTracker()
+        self._barrier_ids: set[str] = set()
+        self._barrier_count = 0
         self._barrier_task: asyncio.Task[None] | None = None
         self._keepalive_task: asyncio.Task[None] | None = None
         self._jid = parse_jid(account.username)
@@ -277,10 +289,46 @@ class XmppSession:
             "roster_update": self._on_roster_update,
             "presence": self._on_presence,
             "message": self._on_message,
+            "message_error": self._on_message_error,
         }
         for event, handler in handlers.items():
             client.add_event_handler(event, self._guarded(handler))
+        # Runs after every other outgoing filter (XEP-0198's numbering is 'out_sync'), right
+        # before slixmpp writes the stanza: the one place that knows whether it hit a live link.
+        client.add_filter("out_sce", self._observe_write)
+        client.register_handler(
+            Callback("agi-xmpp sm ack", MatchXPath(sm_stanza.Ack.tag_name()), self._on_sm_ack, instream=True)
+        )
         return client
+
+    def _observe_write(self, stanza: object) -> object | None:
+        """Tell the tracker what is about to be written; drop what a dead link would drop."""
+        client = self._client
+        if isinstance(stanza, Message):
+            stanza_id = stanza["id"]
+            if self.delivery.stage(stanza_id) is Stage.HANDED:
+                if client is None or client.transport is None:
+                    # slixmpp would raise NotConnectedError and forget it: the pool writes it again
+                    self.delivery.not_written(stanza_id)
+                    return None
+                sm = client.plugin["xep_0198"]
+                self.delivery.written(stanza_id, sm.seq if sm.enabled_out else None)
+        elif isinstance(stanza, Iq) and stanza["id"] in self._barrier_ids:
+            if client is None or client.transport is None:
+                return None  # its send() times out; the coverage goes to the next barrier
+            self.delivery.barrier_written(stanza["id"])
+        return stanza
+
+    def _on_sm_ack(self, ack: object) -> None:
+        try:
+            h = int(ack["h"])  # type: ignore[index]
+        except (TypeError, ValueError):
+            return
+        self._report_acked(self.delivery.sm_acked(h))
+
+    def _report_acked(self, stanza_ids: list[str]) -> None:
+        for stanza_id in stanza_ids:
+            self._listener.stanza_acked(self.name, stanza_id)
 
     def _guarded(self, handler: Callable) -> Callable:
         """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
@@ -318,7 +366,17 @@ class XmppSession:
             state.waiter = None  # a join sent on the old stream will never be answered
             asyncio.ensure_future(self._rejoin(room, state.nick)).add_done_callback(self._log_task_error)
 
-    def _on_session_resumed(self, _event: object) -> None:
+    def _on_session_resumed(self, resumed: object) -> None:
+        self.resumptions += 1
+        try:
+            h = int(resumed["h"])  # type: ignore[index]
+        except (TypeError, ValueError, KeyError):
+            h = None
+        if h is not None:
+            confirmed, _rewrite = self.delivery.resumed(h)
+            self._report_acked(confirmed)
+        # The pool's resend (from session_online) writes what the dead link dropped: the tracker
+        # no longer counts those as on the stream.
         self._go_online(resumed=True)
         # slixmpp re-sent its unacked stanzas; confirm them with a fresh barrier.
         self._schedule_barrier()
@@ -340,7 +398,7 @@ class XmppSession:
 
     def _on_session_end(self, _event: object) -> None:
         """The stream is gone for good (not resumable): everything tied to it is stale."""
-        self._unconfirmed.clear()
+        self.delivery.session_ended()
         for state in self._rooms.values():
             state.joined = False
         self._listener.session_ended(self.name)
@@ -351,6 +409,7 @@ class XmppSession:
         self.connected_since = None
         if reason:
             self.last_error = str(reason)
+        self.delivery.link_lost()
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:
@@ -498,35 +557,65 @@ class XmppSession:
             raise NotOnline(self.name)
         message = self._client.make_message(mto=to, mbody=body, mtype=kind)
         message["id"] = stanza_id
+        self.delivery.handed(stanza_id)
         message.send()
-        self._unconfirmed.append(stanza_id)
         self._schedule_barrier()
+
+    def _on_message_error(self, msg: object) -> None:
+        """A bounce of one of our messages: the server (or the recipient's) refused it."""
+        stanza_id = msg["id"] or ""  # type: ignore[index]
+        if not stanza_id or self.delivery.stage(stanza_id) is None and not stanza_id.startswith("agx-"):
+            return
+        error = msg["error"]  # type: ignore[index]
+        self.delivery.bounced(stanza_id)
+        self._listener.stanza_bounced(
+            self.name,
+            stanza_id,
+            error_type=error["type"] or "cancel",
+            condition=error["condition"] or "undefined-condition",
+            text=error["text"] or "",
+        )
 
     def _schedule_barrier(self) -> None:
         if self._barrier_task is None or self._barrier_task.done():
             self._barrier_task = asyncio.ensure_future(self._barrier())
 
     async def _barrier(self) -> None:
-        """Ping our server until every id written so far is confirmed; one ping in flight."""
-        while self._unconfirmed and self.online and self._client is not None:
-            batch, self._unconfirmed = self._unconfirmed, []
+        """Ping our server until every message written so far is covered; one ping in flight.
+
+        The ping is observed by ``_observe_write`` as it is written, so it covers exactly the
+        messages written before it on this link (``DeliveryTracker.barrier_written``)."""
+        idle_rounds = 0
+        while self.online and self._client is not None:
+            if not self.delivery.needs_barrier():
+                # Nothing written since the last barrier. Messages still in slixmpp's queue are
+                # written shortly; wait for them rather than end with them uncovered.
+                if not self.delivery.in_send_queue() or idle_rounds >= 500:
+                    return
+                idle_rounds += 1
+                await asyncio.sleep(0.01)
+                continue
+            idle_rounds = 0
+            client = self._client
+            self._barrier_count += 1
+            token = f"agx-barrier-{self._barrier_count}"
+            iq = client.Iq()
+            iq["type"] = "get"
+            iq["to"] = client.boundjid.domain
+            iq["id"] = token
+            iq.enable("ping")
+            self._barrier_ids.add(token)
             try:
-                await self._client.plugin["xep_0199"].send_ping(
-                    self._client.boundjid.domain, timeout=self._keepalive_timeout
-                )
+                await iq.send(timeout=self._keepalive_timeout)
             except IqError:
                 pass  # an error reply is still a reply: the server read everything before it
             except IqTimeout:
-                # Keep the ids and ping again while the stream is up (raising here left an
-                # unretrieved task exception and the batch unconfirmed until the next send);
-                # a dead link is the keepalive's to drop, and the rows are resent after it.
-                self._unconfirmed[:0] = batch
+                # Ping again while the stream is up; a dead link is the keepalive's to drop.
+                self.delivery.barrier_lost(token)
                 continue
-            except asyncio.CancelledError:
-                self._unconfirmed[:0] = batch
-                raise
-            for stanza_id in batch:
-                self._listener.stanza_acked(self.name, stanza_id)
+            finally:
+                self._barrier_ids.discard(token)
+            self._report_acked(self.delivery.barrier_answered(token))
 
     async def _keepalive(self) -> None:
         client = self._client
