@@ -60,6 +60,11 @@ async def health(request: web.Request) -> web.Response:
     connections = pool.connections()
     ok = pool.all_online()
     body = {"status": "ok" if ok else "degraded", "accounts": {c["account"]: c["state"] for c in connections}}
+    # why an account is not online: dns, tcp, tls, auth, conflict, policy-violation, timeout, stream
+    failures = {c["account"]: {"class": c["failure"], "reason": c["last_error"]}
+                for c in connections if c["failure"]}
+    jobs = pool.supervisor.status()  # background work that failed and was restarted
+    body.update({k: v for k, v in (("failures", failures), ("jobs", jobs)) if v})
     return web.json_response(body, status=200 if ok else 503)
 
 

@@ -51,7 +51,7 @@ import enum
 import functools
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -722,8 +722,12 @@ class AsyncStorage:
     docstring). ``aclose()`` waits for queued work, then closes the wrapped ``Storage``.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, deadline: float = 10.0) -> None:
         self.storage = storage
+        # Every call answers within ``deadline`` seconds or raises StorageError: a hung database
+        # must not hang jabber_send, /metrics or /api/presence with it (the worker thread may
+        # still be stuck; later calls queue behind it and time out the same way).
+        self.deadline = deadline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agi-xmpp-storage")
         self._lock = threading.Lock()
         self._queued: list[tuple[_Insert, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -759,7 +763,7 @@ class AsyncStorage:
     # tests/test_storage.py checks that none of Storage's public methods is missing here.
 
     async def create_all(self) -> None:
-        return await self._call(self.storage.create_all)
+        return await self._call(self.storage.create_all, deadline=None)
 
     async def outbox_add(
         self, account: str, to: str, body: str, stanza_id: str, kind: str = "chat"
@@ -839,11 +843,23 @@ class AsyncStorage:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _call(
+        self, fn: Callable[P, T], /, *args: P.args, deadline: float | None | bool = True, **kwargs: P.kwargs
+    ) -> T:
         if self._closed:
             raise StorageError("storage is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        work = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._within_deadline(work, fn.__name__, deadline)
+
+    async def _within_deadline(self, work: Awaitable[T], op: str, deadline: float | None | bool = True) -> T:
+        limit = self.deadline if deadline is True else deadline
+        if limit is None or limit is False:
+            return await work
+        try:
+            return await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise StorageError(f"{op}: the database did not answer within {limit:g} s") from None
 
     async def _group_commit(self, item: _Insert) -> None:
         """Queue one row; return once the transaction carrying it has committed."""
@@ -859,8 +875,9 @@ class AsyncStorage:
             # Not awaited on purpose: _flush never raises; its outcome reaches every caller
             # through their own future.
             self._executor.submit(self._flush)
-        # A caller cancelled here may still have its row committed: at-least-once, never lost.
-        await done
+        # A caller cancelled (or timed out) here may still have its row committed: at-least-once,
+        # never lost; shielded so the commit's outcome still reaches the worker's bookkeeping.
+        await self._within_deadline(asyncio.shield(done), item.op)
 
     def _drain_and_close(self) -> None:
         """Worker thread, last job: commit whatever is still queued, then close the Storage."""

@@ -46,6 +46,7 @@ from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
 from .storage import AsyncStorage, OutboxItem
+from .supervisor import Supervisor
 from .xmpp_session import Backoff, NotOnline, RoomJoinFailed, XmppSession
 
 log = structlog.get_logger(__name__)
@@ -105,8 +106,7 @@ class XmppPool:
             name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
         }
         self._retry_handles: dict[str, asyncio.TimerHandle] = {}
-        self._resend_tasks: dict[str, asyncio.Task[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor()
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
         self._ack_batch: list[str] = []
         self._ack_flush: asyncio.Task[None] | None = None
@@ -121,18 +121,19 @@ class XmppPool:
 
     async def start(self) -> None:
         for session in self.sessions.values():
-            self._tasks.append(asyncio.create_task(session.run(), name=f"xmpp-{session.name}"))
-        self._tasks.append(asyncio.create_task(self._expire_loop(), name="outbox-expiry"))
+            self.supervisor.start(f"xmpp-{session.name}", session.run)
+        self.supervisor.start("outbox-expiry", self._expire_loop)
 
     async def stop(self) -> None:
         for handle in self._retry_handles.values():
             handle.cancel()
         self._retry_handles.clear()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
-        for task in [*self._tasks, *self._resend_tasks.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._resend_tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop()
+        if self._ack_flush is not None and not self._ack_flush.done():
+            # the last confirmations; unflushed ones only cost a duplicate after a restart
+            await asyncio.wait([self._ack_flush], timeout=2.0)
+            self._ack_flush.cancel()
 
     def session(self, account: str) -> XmppSession:
         return self.sessions[account]
@@ -193,6 +194,8 @@ class XmppPool:
         """After a session comes online: send every pending row not in flight on this stream
         (all of them after a fresh session), with its original id."""
         session = self.sessions[account]
+        if not session.online:
+            return  # the next session_online starts a new resend
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
         # Acks not yet handed to storage are not in the query's view; later ones add themselves.
         acked = self._acked_during_resend[account] = set(self._ack_batch)
@@ -296,12 +299,9 @@ class XmppPool:
     def session_online(self, account: str, *, resumed: bool) -> None:
         # Resumed too: what was QUEUED while the stream was down was never written on it, so
         # slixmpp has nothing to replay; _resend_pending skips what is in flight on this stream.
-        previous = self._resend_tasks.get(account)
-        if previous is not None and not previous.done():
-            previous.cancel()
-        self._resend_tasks[account] = asyncio.create_task(
-            self._resend_pending(account), name=f"outbox-resend-{account}"
-        )
+        # Supervised: a database error restarts it with back-off while the session is online
+        # (it used to end the resend, and QUEUED rows expired unsent).
+        self.supervisor.start(f"outbox-resend-{account}", lambda: self._resend_pending(account))
 
     def session_offline(self, account: str, *, reason: str) -> None:
         log.info("pool_session_offline", account=account, reason=reason)
@@ -348,7 +348,8 @@ class XmppPool:
                 # keep the ids so the next confirmation's flush tries them again.
                 self._ack_batch[:0] = batch
                 log.error("outbox_ack_failed", count=len(batch), error=str(exc))
-                return
+                await asyncio.sleep(1.0)  # retried until the database answers again
+                continue
             self.counters.acked += count
             for session in self.sessions.values():
                 session.delivery.forget(batch)
@@ -418,6 +419,9 @@ class XmppPool:
                     else round(now - session.connected_since, 1),
                     "reconnects": session.reconnects,
                     "last_error": session.last_error,
+                    "failure": session.failure,
+                    "retry_in": None if session.online or session.next_retry_delay is None
+                    else round(session.next_retry_delay, 1),
                     "rooms": sorted(session.joined_rooms()),
                     "inbox": len(self.inboxes[name]),
                 }

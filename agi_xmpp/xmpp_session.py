@@ -16,7 +16,17 @@ Theory of operation
 - We drive reconnection ourselves: slixmpp does not reconnect after an established session drops,
   and it has no timeout on stream negotiation, so every attempt runs under a watchdog
   (``negotiation_timeout``) and is aborted when it expires.
-- The back-off resets after a session that was established.
+- The back-off resets only after a session that stayed up ``stable_after`` seconds (60 s): two
+  instances replacing each other's session (``<conflict/>``) would otherwise reconnect at once,
+  forever.
+- Failures are named (``failure``): ``dns``, ``tcp``, ``tls`` (with the verification reason),
+  ``auth``, ``conflict``, ``policy-violation``, ``timeout``, ``stream``. Two are not transient
+  and wait far longer before the next try (``SLOW_RETRY``: 5 min doubling to 1 h): ``auth``
+  (a wrong password retried at the normal pace gets the PBX's address banned by ejabberd's
+  ``mod_fail2ban`` within minutes) and ``conflict`` (another client holds our full JID).
+  They also show as the state (``auth_failed``, ``conflict``) in /health and
+  ``show connections``. After a credential failure (RFC 6120 §6.5 ``not-authorized``) no other
+  SASL mechanism is tried: slixmpp would send the same wrong password again, in PLAIN.
 - One client object lives for the whole life of the account, so XEP-0198 can resume the stream
   after a TCP drop; ``session_resumed`` keeps presence, a real ``session_end`` drops it.
 - What the server has of our messages is decided by ``delivery.DeliveryTracker``, a pure state
@@ -34,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -117,6 +128,12 @@ def ssl_context_for(account: AccountConfig) -> ssl.SSLContext:
     return context
 
 
+# Failure classes whose next attempt waits SLOW_RETRY rather than the normal back-off.
+SLOW_RETRY = {"auth": (300.0, 3600.0), "conflict": (300.0, 3600.0)}
+# SASL failure conditions that mean "these credentials are wrong" (RFC 6120 §6.5).
+CREDENTIAL_FAILURES = {"not-authorized", "credentials-expired", "account-disabled"}
+
+
 @dataclass(slots=True)
 class _Room:
     nick: str
@@ -137,6 +154,7 @@ class XmppSession:
         keepalive_timeout: float = 20.0,
         resume_grace: float = 30.0,
         backoff: Backoff | None = None,
+        stable_after: float = 60.0,
     ) -> None:
         self.account = account
         self.name = account.name
@@ -147,6 +165,13 @@ class XmppSession:
         self._resume_grace = resume_grace
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
+        self._slow_backoff: dict[str, Backoff] = {
+            kind: Backoff(initial=first, cap=cap) for kind, (first, cap) in SLOW_RETRY.items()
+        }
+        self._stable_after = stable_after
+        self.failure = ""  # the class of the last failure (module docstring), "" while online
+        self.next_retry_delay: float | None = None
+        self.auth_attempts = 0  # SASL exchanges that failed, over the account's life
         self._client: slixmpp.ClientXMPP | None = None
         self.state = "stopped"
         self.last_error = ""
@@ -195,15 +220,28 @@ class XmppSession:
         """Connect, stay connected, reconnect with back-off, until ``stop()``."""
         self._client = self._build_client()
         try:
+            loop = asyncio.get_running_loop()
             while not self._stopping:
                 if await self._connect_once():
-                    self._backoff.reset()
+                    started = loop.time()
                     await self._link_down.wait()
                     self.reconnects += 1
+                    if loop.time() - started >= self._stable_after:
+                        self._backoff.reset()
+                        for slow in self._slow_backoff.values():
+                            slow.reset()
                 if self._stopping:
                     break
-                delay = self._backoff.next_delay()
-                self.log.info("xmpp_reconnect_scheduled", delay=round(delay, 2), reason=self.last_error)
+                slow = self._slow_backoff.get(self.failure)
+                delay = slow.next_delay() if slow is not None else self._backoff.next_delay()
+                self.next_retry_delay = delay
+                if self.failure == "auth":
+                    self.state = "auth_failed"
+                elif self.failure == "conflict":
+                    self.state = "conflict"
+                log_at = self.log.warning if slow is not None else self.log.info
+                log_at("xmpp_reconnect_scheduled", delay=round(delay, 2), failure=self.failure or "link",
+                       reason=self.last_error)
                 await asyncio.sleep(delay)
         finally:
             self._cancel_helpers()
@@ -230,6 +268,7 @@ class XmppSession:
         self._attempt = loop.create_future()
         self._link_down.clear()
         self.state = "connecting"
+        self.failure = ""
         host = self.account.serverhost
         port = self.account.port if host else None
         self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
@@ -239,14 +278,23 @@ class XmppSession:
                 await self._attempt
             return True
         except (TimeoutError, ConnectionError) as exc:
-            self.last_error = str(exc) or "stream negotiation timed out"
-            self.log.warning("xmpp_connect_failed", error=self.last_error)
+            if isinstance(exc, TimeoutError) or not self.failure:
+                self._fail("timeout" if isinstance(exc, TimeoutError) else "stream",
+                           str(exc) or "stream negotiation timed out", keep_class=True)
+            self.log.warning("xmpp_connect_failed", failure=self.failure, error=self.last_error)
             self._client.cancel_connection_attempt()
             self._client.abort()
             self.state = "offline"
             return False
         finally:
             self._attempt = None
+
+    def _fail(self, failure: str, reason: str, *, keep_class: bool = False) -> None:
+        """Record a failure of class ``failure`` (a class already named this attempt wins when
+        ``keep_class``: a TLS error is also a disconnect, an auth failure also a stream end)."""
+        if not (keep_class and self.failure):
+            self.failure = failure
+        self.last_error = reason if failure == self.failure else self.last_error
 
     def _attempt_failed(self, reason: str) -> None:
         if self._attempt is not None and not self._attempt.done():
@@ -262,11 +310,21 @@ class XmppSession:
         if account.forceoldssl:
             client.enable_starttls = False
             client.enable_direct_tls = True
-        else:
+            client.enable_plaintext = False
+        elif account.usetls:
             client.enable_direct_tls = False
             client.enable_starttls = True
-        # usetls=no allows a plaintext stream when the server offers no TLS; we never refuse TLS.
-        client.enable_plaintext = not account.usetls
+            client.enable_plaintext = False
+        else:
+            # usetls=no, as in res_xmpp: a plaintext stream, even if the server offers STARTTLS.
+            # slixmpp refuses SCRAM and PLAIN on an unencrypted stream unless told otherwise.
+            client.enable_direct_tls = False
+            client.enable_starttls = False
+            client.enable_plaintext = True
+        if not account.usetls and not account.forceoldssl:
+            mechanisms = client.plugin["feature_mechanisms"]
+            mechanisms.unencrypted_scram = True
+            mechanisms.unencrypted_plain = True
         client.register_plugin("xep_0030")
         client.register_plugin("xep_0199", {"keepalive": False})  # answers server pings
         client.register_plugin("xep_0198", {"allow_resume": True})
@@ -284,7 +342,9 @@ class XmppSession:
             "session_end": self._on_session_end,
             "disconnected": self._on_disconnected,
             "connection_failed": self._on_connection_failed,
+            "failed_auth": self._on_auth_attempt_failed,
             "failed_all_auth": self._on_auth_failed,
+            "ssl_invalid_chain": self._on_tls_failed,
             "stream_error": self._on_stream_error,
             "roster_update": self._on_roster_update,
             "presence": self._on_presence,
@@ -388,6 +448,8 @@ class XmppSession:
             self._give_up_timer = None
         self.state = "online"
         self.last_error = ""
+        self.failure = ""
+        self.next_retry_delay = None
         self.connected_since = loop.time()
         self.log.info("xmpp_session_online", resumed=resumed)
         if self._keepalive_task is None or self._keepalive_task.done():
@@ -405,10 +467,13 @@ class XmppSession:
 
     def _on_disconnected(self, reason: object) -> None:
         was_online = self.state == "online"
-        self.state = "offline"
+        if self.state not in ("auth_failed", "conflict"):  # named by run(): keep the name
+            self.state = "offline"
         self.connected_since = None
-        if reason:
-            self.last_error = str(reason)
+        if isinstance(reason, ssl.SSLError):
+            self._fail("tls", f"TLS: {_tls_reason(reason)}")
+        elif reason and not self.failure:
+            self._fail("tcp" if isinstance(reason, OSError) else "stream", str(reason))
         self.delivery.link_lost()
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
@@ -434,16 +499,52 @@ class XmppSession:
         self._client.event("session_end")
 
     def _on_connection_failed(self, error: object) -> None:
-        self.last_error = f"connection failed: {error}"
+        text = str(error)
+        if isinstance(error, socket.gaierror) or text.startswith("No DNS record"):
+            self._fail("dns", f"DNS: {text}")
+        elif isinstance(error, ssl.SSLError):
+            self._fail("tls", f"TLS: {_tls_reason(error)}")
+        else:
+            self._fail("tcp", f"TCP connection failed: {text}")
         self._attempt_failed(self.last_error)
 
+    def _on_tls_failed(self, error: object) -> None:
+        self._fail("tls", f"TLS: {_tls_reason(error)}")
+        self._attempt_failed(self.last_error)
+
+    def _on_auth_attempt_failed(self, failure: object) -> None:
+        """One SASL exchange failed. A credential failure ends the attempt: no other mechanism."""
+        self.auth_attempts += 1
+        condition = failure["condition"] if failure is not None else ""  # type: ignore[index]
+        text = failure["text"] if failure is not None else ""  # type: ignore[index]
+        if condition in CREDENTIAL_FAILURES and self._client is not None:
+            mechanisms = self._client.plugin["feature_mechanisms"]
+            # slixmpp's _handle_fail calls _send_auth() right after this event; with every
+            # offered mechanism marked as tried it gives up (failed_all_auth) and disconnects.
+            mechanisms.attempted_mechs.update(mechanisms.mech_list)
+        self._fail("auth", f"authentication failed: {condition or 'refused'}" + (f" ({text})" if text else ""))
+
     def _on_auth_failed(self, _event: object) -> None:
-        self.last_error = "authentication failed"
+        if self.failure != "auth" and not self.encrypted and self.account.usetls:
+            # No mechanism was allowed because the stream is not encrypted: the server offered
+            # no STARTTLS. That is a TLS problem, not a wrong password.
+            self._fail("tls", "TLS: the server offered no STARTTLS (set usetls = no to allow plaintext)")
+        elif self.failure != "auth":
+            self._fail("auth", "authentication failed: no usable SASL mechanism")
         self._attempt_failed(self.last_error)
 
     def _on_stream_error(self, error: object) -> None:
-        condition = getattr(error, "get", lambda *_: None)("condition") or "stream error"
-        self.last_error = f"stream error: {condition}"
+        condition = error["condition"] if error is not None else ""  # type: ignore[index]
+        text = error["text"] if error is not None else ""  # type: ignore[index]
+        detail = f"stream error: {condition or 'undefined'}" + (f" ({text})" if text else "")
+        if condition == "conflict":
+            # RFC 6120 §4.9.3.3: another session bound our full JID and replaced this one.
+            self._fail("conflict", f"{detail}: another client uses {self._jid.bare}/{self.account.resource}")
+        elif condition == "policy-violation":
+            self._fail("policy-violation", detail)
+        else:
+            self._fail("stream", detail)
+        self.log.warning("xmpp_stream_error", failure=self.failure, error=self.last_error)
 
     def _cancel_helpers(self) -> None:
         for task in (self._keepalive_task, self._barrier_task):
@@ -763,3 +864,9 @@ class XmppSession:
             return []
         roster = self._client.client_roster
         return [(jid, roster[jid]["subscription"]) for jid in roster.keys()]
+
+
+def _tls_reason(error: object) -> str:
+    """The verification reason of a TLS failure (e.g. 'self-signed certificate'), else its text."""
+    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
+    return str(reason or error)

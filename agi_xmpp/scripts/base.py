@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from ..agi_protocol import check_variable_name, quote
 from ..agi_server import Channel, ScriptRegistry
 from ..config import AccountConfig
-from ..errors import ChannelGone, LocalProtocolError, ScriptError
+from ..errors import ChannelGone, LocalProtocolError, ScriptError, StorageError
 from ..inbox import Matcher
 from ..jid import Jid, parse_jid
 from ..services import Services
@@ -58,6 +58,9 @@ def dialplan_script(
                 if isinstance(exc, ScriptError):
                     reason = str(exc)
                     channel.log.info("script_failed", error=reason)
+                elif isinstance(exc, StorageError):  # unavailable or hung: say so, never hang
+                    reason = f"database unavailable: {exc}"
+                    channel.log.error("script_failed", error=reason)
                 else:  # our fault or the database's: still answer, and say where to look
                     reason = f"internal error ({type(exc).__name__}); see the agi-xmpp log"
                     channel.log.exception("script_crashed")

@@ -95,9 +95,9 @@ def service_via(tmp_path: Path):
                   http: bool = False, general: dict | None = None, **account: object,
                   ) -> AsyncIterator[ServiceHarness]:
         config = service_config(server, jid, password, tmp_path / f"svc-{next(_numbers)}",  # type: ignore[arg-type]
-                                general=general, **account)
+                                general=general)
         (name, acc), = config.accounts.items()
-        config = replace(config, accounts={name: replace(acc, port=port)})
+        config = replace(config, accounts={name: replace(acc, port=port, **account)})  # type: ignore[arg-type]
         async with running_harness(config, wait_online=wait_online, http=http) as harness:
             harness.jid = jid  # type: ignore[attr-defined]
             yield harness
