@@ -187,6 +187,7 @@ class ArchivedMessage:
     body: str
     stanza_id: str | None
     created_at: datetime
+    delivered_at: datetime | None = None  # when the recipient's client sent a XEP-0184 receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,7 @@ class _ArchiveRow(_Base):
     body: Mapped[str] = mapped_column(_LongText)
     stanza_id: Mapped[str | None] = mapped_column(String(_STANZA_ID_LEN))
     created_at: Mapped[datetime] = mapped_column(_UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(_UtcDateTime())  # XEP-0184 receipt
 
 
 class _OutboxRow(_Base):
@@ -541,6 +543,18 @@ class Storage:
     ) -> None:
         """Archive one message exchanged with ``peer`` (any JID; stored as its bare JID)."""
         self._insert_many([_archive_insert(direction, account, peer, body, stanza_id)])
+
+    def archive_delivered(self, stanza_id: str) -> int:
+        """Record a XEP-0184 receipt on the outgoing archived message with this id; how many."""
+        with self._write("archive_delivered") as session:
+            result = session.execute(
+                update(_ArchiveRow)
+                .where(_ArchiveRow.stanza_id == stanza_id, _ArchiveRow.direction == Direction.OUT.value,
+                       _ArchiveRow.delivered_at.is_(None))
+                .values(delivered_at=_now())
+                .execution_options(synchronize_session=False)
+            )
+            return _rowcount(result)
 
     def archive_recent(self, account: str, peer_bare: str, limit: int = 3) -> list[ArchivedMessage]:
         """The last ``limit`` messages exchanged with ``peer_bare``, returned oldest first."""
@@ -799,6 +813,9 @@ class AsyncStorage:
     ) -> None:
         await self._group_commit(_archive_insert(direction, account, peer, body, stanza_id))
 
+    async def archive_delivered(self, stanza_id: str) -> int:
+        return await self._call(self.storage.archive_delivered, stanza_id)
+
     async def archive_recent(
         self, account: str, peer_bare: str, limit: int = 3
     ) -> list[ArchivedMessage]:
@@ -1033,17 +1050,23 @@ def _clip(text: str, limit: int) -> str:
 
 
 def _upgrade_outbox(engine: Engine) -> None:
-    """Bring an ``outbox`` table created before the ``failed`` state to the current shape.
+    """Bring tables created by earlier builds to the current shape (docs/storage.md).
 
-    The one schema change so far (docs/storage.md): the ``last_error`` column and ``failed`` in
-    the state check. PostgreSQL and MariaDB swap the named check constraint; SQLite cannot alter
+    ``message_archive`` gains ``delivered_at`` (a plain added column). ``outbox`` gains
+    ``last_error`` and ``failed`` in the state check. PostgreSQL and MariaDB swap the named check constraint; SQLite cannot alter
     a constraint, so its table is rebuilt in one transaction (the rows are kept)."""
     from sqlalchemy import inspect, text
 
     states = "state IN ('pending', 'acked', 'expired', 'failed')"
     with engine.begin() as conn:  # one connection: SQLite would lock a second one out
         inspector = inspect(conn)
-        if "outbox" not in inspector.get_table_names():
+        tables = inspector.get_table_names()
+        if "message_archive" in tables and "delivered_at" not in {
+            c["name"] for c in inspector.get_columns("message_archive")
+        }:
+            kind = _ArchiveRow.__table__.c.delivered_at.type.compile(dialect=engine.dialect)
+            conn.execute(text(f"ALTER TABLE message_archive ADD COLUMN delivered_at {kind}"))
+        if "outbox" not in tables:
             return
         if "last_error" in {c["name"] for c in inspector.get_columns("outbox")}:
             return
@@ -1255,6 +1278,7 @@ def _archived(row: _ArchiveRow) -> ArchivedMessage:
         body=row.body,
         stanza_id=row.stanza_id,
         created_at=row.created_at,
+        delivered_at=row.delivered_at,
     )
 
 

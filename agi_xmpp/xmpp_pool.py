@@ -17,6 +17,11 @@ non-occupants): the resend first joins every room they address, with the nick th
 remembers for it (else the default nick, e.g. after our own restart); a room that refuses keeps
 its rows pending for the next fresh session.
 
+Flow control: a session takes new messages only while its ``DeliveryTracker`` window has room
+(what the server has not confirmed stays under 200 messages and 64 KB). A ``jabber_send`` made
+while the window is full is still ``SUCCESS`` (stored, and the session is live) and waits in a
+per-account line, written as confirmations arrive; the resend waits for room the same way.
+
 Bounces: a ``<message type='error'>`` carrying one of our ids is matched to its row. ``wait``
 (RFC 6120 §8.3.2: "retry after waiting", e.g. ejabberd's full offline queue) makes the row
 pending again and it is written again after a back-off (5 s doubling to 5 min) until
@@ -31,10 +36,12 @@ where XMPP events meet storage.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
@@ -55,6 +62,17 @@ log = structlog.get_logger(__name__)
 class SendOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     QUEUED = "QUEUED"
+    FAILURE = "FAILURE"  # only from confirm(): the server bounced it
+    DELIVERED = "DELIVERED"  # only from confirm(receipt=True): the recipient's client has it
+
+
+@dataclass(slots=True)
+class _Confirmation:
+    """What ``confirm()`` waits for about one message."""
+
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: str = ""  # the bounce's reason
 
 
 @dataclass(slots=True)
@@ -67,6 +85,7 @@ class PoolCounters:
     expired: int = 0
     bounced_wait: int = 0  # error stanzas of type wait: the row is retried later
     failed: int = 0  # other error stanzas: the row is failed
+    delivered: int = 0  # XEP-0184 receipts received
 
 
 class XmppPool:
@@ -106,6 +125,13 @@ class XmppPool:
             name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
         }
         self._retry_handles: dict[str, asyncio.TimerHandle] = {}
+        # Accepted while the session's window was full: (stanza id, to, body, kind), in order.
+        self._waiting: dict[str, collections.deque[tuple[str, str, str, str]]] = {
+            name: collections.deque() for name in self.sessions
+        }
+        self._window_events: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sessions}
+        self._confirmations: dict[str, _Confirmation] = {}
+        self._wants_receipt: set[str] = set()
         self.supervisor = Supervisor()
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
         self._ack_batch: list[str] = []
@@ -149,15 +175,33 @@ class XmppPool:
         outcome, _stanza_id = await self.submit(account, to, body, kind)
         return outcome
 
-    async def submit(self, account: str, to: Jid, body: str, kind: str = "chat") -> tuple[SendOutcome, str]:
-        """``send`` that also returns the stanza id (to follow the message: ``message_status``)."""
+    async def submit(
+        self, account: str, to: Jid, body: str, kind: str = "chat", *, confirm: bool = False,
+        receipt: bool = False,
+    ) -> tuple[SendOutcome, str]:
+        """``send`` that also returns the stanza id (to follow the message: ``message_status``).
+        ``confirm``: the caller will await ``confirm(id)``; ``receipt`` also asks the recipient's
+        client for a XEP-0184 receipt."""
         stanza_id = f"agx-{uuid.uuid4().hex}"
+        if confirm or receipt:
+            self._confirmations[stanza_id] = _Confirmation()
+        if receipt:
+            self._wants_receipt.add(stanza_id)
         # Both rows ride the same group commit; the reply waits for the outbox row to be durable.
-        await asyncio.gather(
-            self.storage.outbox_add(account, to.full, body, stanza_id, kind=kind),
-            self.storage.archive_add("out", account, to.bare, body, stanza_id),
-        )
+        try:
+            await asyncio.gather(
+                self.storage.outbox_add(account, to.full, body, stanza_id, kind=kind),
+                self.storage.archive_add("out", account, to.bare, body, stanza_id),
+            )
+        except BaseException:
+            self.forget_confirmation(stanza_id)
+            raise
         session = self.sessions[account]
+        waiting = self._waiting[account]
+        if session.online and (waiting or not session.delivery.can_write()):
+            waiting.append((stanza_id, to.full, body, kind))  # written as the window opens
+            self.counters.sent += 1
+            return SendOutcome.SUCCESS, stanza_id
         try:
             self._write(session, to.full, body, stanza_id, kind)
         except NotOnline:
@@ -188,7 +232,44 @@ class XmppPool:
         }
 
     def _write(self, session: XmppSession, to: str, body: str, stanza_id: str, kind: str) -> None:
-        session.send_message(to, body, stanza_id, kind)
+        session.send_message(to, body, stanza_id, kind, receipt=stanza_id in self._wants_receipt)
+
+    async def confirm(self, stanza_id: str, timeout: float, *, receipt: bool = False) -> tuple[SendOutcome, str]:
+        """Wait (up to ``timeout``) for proof about a message ``submit`` accepted.
+
+        (SUCCESS, "") once the server acknowledged it; (DELIVERED, "") once the recipient's client
+        sent a receipt (``receipt``; SUCCESS if only the server confirmed in time); (FAILURE,
+        reason) if it bounced; (QUEUED, why) when nothing was proven in time: the row stays
+        pending and is sent on, as any QUEUED message."""
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is None:
+            raise KeyError(stanza_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        goal = waiting.delivered if receipt else waiting.acked
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(goal.wait(), timeout)
+            if not waiting.failed and not goal.is_set() and receipt and waiting.acked.is_set():
+                pass  # acked, no receipt in time: SUCCESS below
+            # a bounce usually follows the server's ack at once: give it a moment to arrive
+            if not waiting.failed and waiting.acked.is_set() and not receipt:
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+        finally:
+            self._confirmations.pop(stanza_id, None)
+            self._wants_receipt.discard(stanza_id)
+        if waiting.failed:
+            return SendOutcome.FAILURE, waiting.failed
+        if waiting.delivered.is_set():
+            return SendOutcome.DELIVERED, ""
+        if waiting.acked.is_set():
+            return SendOutcome.SUCCESS, ""
+        return SendOutcome.QUEUED, f"not confirmed by the server within {timeout:g} s (still queued)"
+
+    def forget_confirmation(self, stanza_id: str) -> None:
+        """The caller will not ``confirm()`` this id."""
+        self._confirmations.pop(stanza_id, None)
+        self._wants_receipt.discard(stanza_id)
 
     async def _resend_pending(self, account: str) -> None:
         """After a session comes online: send every pending row not in flight on this stream
@@ -222,6 +303,9 @@ class XmppPool:
             if item.kind == "groupchat" and item.to_jid in refused:
                 continue  # stays pending: retried on the next fresh session, until outbox_ttl
             try:
+                await self._wait_window(session)
+                if delivery.on_stream(item.stanza_id) or item.stanza_id in delivery.confirmed:
+                    continue  # written from the waiting line meanwhile
                 self._write(session, item.to_jid, item.body, item.stanza_id, item.kind)
             except NotOnline:
                 break  # the stream dropped again; the next fresh session resumes the job
@@ -230,6 +314,30 @@ class XmppPool:
         if sent:
             self.counters.retransmitted += sent
             log.info("outbox_retransmitted", account=account, count=sent)
+
+    async def _wait_window(self, session: XmppSession) -> None:
+        """Until the session's window has room (raises NotOnline if the session goes away)."""
+        event = self._window_events[session.name]
+        while session.online and not session.delivery.can_write():
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 1.0)
+        if not session.online:
+            raise NotOnline(session.name)
+
+    def _drain_waiting(self, account: str) -> None:
+        """Write what waits for room, while there is room."""
+        session = self.sessions[account]
+        waiting = self._waiting[account]
+        delivery = session.delivery
+        while waiting and session.online and delivery.can_write():
+            stanza_id, to, body, kind = waiting.popleft()
+            if delivery.on_stream(stanza_id) or stanza_id in delivery.confirmed:
+                continue
+            try:
+                self._write(session, to, body, stanza_id, kind)
+            except NotOnline:
+                return
 
     async def _join_rooms_for(self, session: XmppSession, items: list[OutboxItem]) -> set[str]:
         """Join every room that pending groupchat rows go to; returns the rooms that refused."""
@@ -297,6 +405,8 @@ class XmppPool:
     # -- SessionListener ------------------------------------------------------------------------
 
     def session_online(self, account: str, *, resumed: bool) -> None:
+        # What waited for room is a pending row: the resend below writes it, in order.
+        self._waiting[account].clear()
         # Resumed too: what was QUEUED while the stream was down was never written on it, so
         # slixmpp has nothing to replay; _resend_pending skips what is in flight on this stream.
         # Supervised: a database error restarts it with back-off while the session is online
@@ -304,6 +414,8 @@ class XmppPool:
         self.supervisor.start(f"outbox-resend-{account}", lambda: self._resend_pending(account))
 
     def session_offline(self, account: str, *, reason: str) -> None:
+        self._waiting[account].clear()  # pending rows: resent when the session is back
+        self._window_events[account].set()
         log.info("pool_session_offline", account=account, reason=reason)
 
     def session_ended(self, account: str) -> None:
@@ -329,6 +441,12 @@ class XmppPool:
         ).add_done_callback(_log_archive_failure)
 
     def stanza_acked(self, account: str, stanza_id: str) -> None:
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.acked.set()
+        self._window_events[account].set()
+        if self._waiting[account]:
+            self._drain_waiting(account)
         resend_view = self._acked_during_resend.get(account)
         if resend_view is not None:
             resend_view.add(stanza_id)
@@ -360,6 +478,11 @@ class XmppPool:
         """An error stanza for one of our messages: retry it later (wait) or mark it failed."""
         permanent = error_type != "wait"
         reason = f"{error_type}/{condition}" + (f": {text}" if text else "")
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.failed = reason
+            waiting.acked.set()
+            waiting.delivered.set()
         if stanza_id in self._ack_batch:
             self._ack_batch = [i for i in self._ack_batch if i != stanza_id]
         if permanent:
@@ -369,6 +492,15 @@ class XmppPool:
         log.warning("outbox_bounced", account=account, stanza_id=stanza_id, error=reason,
                     retry=not permanent)
         task = asyncio.ensure_future(self._record_bounce(account, stanza_id, permanent, reason))
+        task.add_done_callback(_log_archive_failure)
+
+    def receipt_received(self, account: str, stanza_id: str) -> None:
+        """XEP-0184: the recipient's client confirmed one of our messages."""
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.delivered.set()
+        self.counters.delivered += 1
+        task = asyncio.ensure_future(self.storage.archive_delivered(stanza_id))
         task.add_done_callback(_log_archive_failure)
 
     async def _record_bounce(self, account: str, stanza_id: str, permanent: bool, reason: str) -> None:

@@ -36,8 +36,13 @@ Theory of operation
   write a *barrier* (a XEP-0199 ping to our server) whose answer proves the server read every
   message written before it on that link. Confirmed ids go to ``listener.stanza_acked``;
   bounces (``<message type='error'>`` with our id) to ``listener.stanza_bounced``.
-- Keepalive: a ping to our server every ``keepalive_interval`` seconds; no answer within
-  ``keepalive_timeout`` aborts the link (a TCP connection that went silent without a FIN).
+- Keepalive: a ping to our server every ``keepalive_interval`` seconds. A link is dead only when
+  it makes no *progress* for ``keepalive_timeout``: no byte read, and nothing we wrote leaving
+  our buffers or the kernel's send queue (``TIOCOUTQ``). A server that reads us slowly (Debian's
+  stock Prosody: 10 kB/s) answers late but is alive; aborting it used to end in an endless
+  cycle of resumptions and duplicate copies.
+- A resumed stream that makes no progress within ``3 × keepalive_timeout`` is abandoned: the
+  session ends (no further resumption attempt) and a fresh one resends from the outbox.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from .jid import Jid, parse_jid
 log = structlog.get_logger(__name__)
 
 MUC_NS = "http://jabber.org/protocol/muc"
+RECEIPTS_NS = "urn:xmpp:receipts"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
 
 
@@ -84,6 +90,7 @@ class SessionListener(Protocol):
     def message_received(self, account: str, message: InboundMessage) -> None: ...
     def stanza_acked(self, account: str, stanza_id: str) -> None: ...
     def stanza_bounced(self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str) -> None: ...
+    def receipt_received(self, account: str, stanza_id: str) -> None: ...
 
 
 class NotOnline(Exception):
@@ -128,6 +135,8 @@ def ssl_context_for(account: AccountConfig) -> ssl.SSLContext:
     return context
 
 
+# Bytes per second below which a link with a backlog counts as dead (the keepalive's patience).
+MIN_LINK_RATE = 1000.0
 # Failure classes whose next attempt waits SLOW_RETRY rather than the normal back-off.
 SLOW_RETRY = {"auth": (300.0, 3600.0), "conflict": (300.0, 3600.0)}
 # SASL failure conditions that mean "these credentials are wrong" (RFC 6120 §6.5).
@@ -163,6 +172,7 @@ class XmppSession:
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._resume_grace = resume_grace
+        self._server_resume_max: float | None = None  # <enabled max='…'/>: how long it keeps us
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
         self._slow_backoff: dict[str, Backoff] = {
@@ -186,6 +196,8 @@ class XmppSession:
         self._barrier_ids: set[str] = set()
         self._barrier_count = 0
         self._barrier_task: asyncio.Task[None] | None = None
+        self._resume_watch: asyncio.Future[None] | None = None
+        self._bytes_in = 0
         self._keepalive_task: asyncio.Task[None] | None = None
         self._jid = parse_jid(account.username)
         self.log = log.bind(account=self.name)
@@ -343,6 +355,7 @@ class XmppSession:
             "disconnected": self._on_disconnected,
             "connection_failed": self._on_connection_failed,
             "failed_auth": self._on_auth_attempt_failed,
+            "sm_enabled": self._on_sm_enabled,
             "failed_all_auth": self._on_auth_failed,
             "ssl_invalid_chain": self._on_tls_failed,
             "stream_error": self._on_stream_error,
@@ -356,6 +369,17 @@ class XmppSession:
         # Runs after every other outgoing filter (XEP-0198's numbering is 'out_sync'), right
         # before slixmpp writes the stanza: the one place that knows whether it hit a live link.
         client.add_filter("out_sce", self._observe_write)
+        receive = client.data_received
+
+        def count_and_receive(data: bytes) -> None:
+            self._bytes_in += len(data)  # liveness: any byte read is progress
+            receive(data)
+
+        client.data_received = count_and_receive  # type: ignore[method-assign]
+        client.register_handler(
+            Callback("agi-xmpp receipt", MatchXPath(f"{{jabber:client}}message/{{{RECEIPTS_NS}}}received"),
+                     self._on_receipt)
+        )
         client.register_handler(
             Callback("agi-xmpp sm ack", MatchXPath(sm_stanza.Ack.tag_name()), self._on_sm_ack, instream=True)
         )
@@ -378,6 +402,12 @@ class XmppSession:
                 return None  # its send() times out; the coverage goes to the next barrier
             self.delivery.barrier_written(stanza["id"])
         return stanza
+
+    def _on_sm_enabled(self, enabled: object) -> None:
+        try:
+            self._server_resume_max = float(enabled["max"]) if enabled["max"] else None  # type: ignore[index]
+        except (TypeError, ValueError):
+            self._server_resume_max = None
 
     def _on_sm_ack(self, ack: object) -> None:
         try:
@@ -428,6 +458,9 @@ class XmppSession:
 
     def _on_session_resumed(self, resumed: object) -> None:
         self.resumptions += 1
+        watch = asyncio.ensure_future(self._watch_resumed(self._progress_mark()))
+        watch.add_done_callback(self._log_task_error)
+        self._resume_watch = watch
         try:
             h = int(resumed["h"])  # type: ignore[index]
         except (TypeError, ValueError, KeyError):
@@ -482,7 +515,11 @@ class XmppSession:
             self._listener.session_offline(self.name, reason=self.last_error)
             if not self._stopping:
                 loop = asyncio.get_running_loop()
-                self._give_up_timer = loop.call_later(self._resume_grace, self._give_up_resumption)
+                # The server keeps a detached stream for the max it advertised (XEP-0198 §5;
+                # Debian's ejabberd: 300 s): resuming within it keeps presence and replays
+                # nothing twice, so give up only after it, or our own grace if it said nothing.
+                grace = max(self._resume_grace, self._server_resume_max or 0.0)
+                self._give_up_timer = loop.call_later(grace, self._give_up_resumption)
         self._link_down.set()
 
     def _give_up_resumption(self) -> None:
@@ -547,10 +584,10 @@ class XmppSession:
         self.log.warning("xmpp_stream_error", failure=self.failure, error=self.last_error)
 
     def _cancel_helpers(self) -> None:
-        for task in (self._keepalive_task, self._barrier_task):
+        for task in (self._keepalive_task, self._barrier_task, self._resume_watch):
             if task is not None and not task.done():
                 task.cancel()
-        self._keepalive_task = self._barrier_task = None
+        self._keepalive_task = self._barrier_task = self._resume_watch = None
 
     # -- roster and presence --------------------------------------------------------------------
 
@@ -626,6 +663,16 @@ class XmppSession:
 
     # -- messages -------------------------------------------------------------------------------
 
+    def _on_receipt(self, msg: object) -> None:
+        """XEP-0184: the recipient's client has our message (a receipt carries no body, so
+        slixmpp's 'message' event, which needs one, never sees it)."""
+        try:
+            received = msg.xml.find(f"{{{RECEIPTS_NS}}}received")  # type: ignore[attr-defined]
+            if received is not None and received.get("id"):
+                self._listener.receipt_received(self.name, received.get("id"))
+        except Exception:  # noqa: BLE001 - never let a handler raise into slixmpp
+            self.log.exception("xmpp_handler_failed", handler="receipt")
+
     def _on_message(self, msg: object) -> None:
         kind = msg["type"] or "normal"  # type: ignore[index]
         if kind not in ("chat", "normal", "groupchat"):
@@ -652,13 +699,17 @@ class XmppSession:
             ),
         )
 
-    def send_message(self, to: str, body: str, stanza_id: str, kind: str = "chat") -> None:
-        """Write one message on the live stream; confirmation arrives via ``stanza_acked``."""
+    def send_message(self, to: str, body: str, stanza_id: str, kind: str = "chat", *, receipt: bool = False) -> None:
+        """Write one message on the live stream; confirmation arrives via ``stanza_acked``.
+
+        ``receipt`` asks the recipient's client for a XEP-0184 receipt (``receipt_received``)."""
         if not self.online or self._client is None:
             raise NotOnline(self.name)
         message = self._client.make_message(mto=to, mbody=body, mtype=kind)
         message["id"] = stanza_id
-        self.delivery.handed(stanza_id)
+        if receipt:
+            message.append(ET.Element(f"{{{RECEIPTS_NS}}}request"))
+        self.delivery.handed(stanza_id, size=len(body.encode()))
         message.send()
         self._schedule_barrier()
 
@@ -707,7 +758,9 @@ class XmppSession:
             iq.enable("ping")
             self._barrier_ids.add(token)
             try:
-                await iq.send(timeout=self._keepalive_timeout)
+                # Generous: a barrier decides nothing about liveness (the keepalive does), and on
+                # a slow link its answer comes late, not never.
+                await iq.send(timeout=max(120.0, self._keepalive_timeout))
             except IqError:
                 pass  # an error reply is still a reply: the server read everything before it
             except IqTimeout:
@@ -723,17 +776,68 @@ class XmppSession:
         assert client is not None
         while True:
             await asyncio.sleep(self._keepalive_interval)
+            iq = client.Iq()
+            iq["type"] = "get"
+            iq["to"] = client.boundjid.domain
+            iq.enable("ping")
+            answer = asyncio.ensure_future(iq.send(timeout=3600))
+            loop = asyncio.get_running_loop()
+            mark = self._progress_mark()
+            last_progress = loop.time()
             try:
-                await client.plugin["xep_0199"].send_ping(
-                    client.boundjid.domain, timeout=self._keepalive_timeout
-                )
-            except IqError:
-                continue
-            except IqTimeout:
-                self.log.warning("xmpp_keepalive_timeout")
-                self.last_error = "keepalive ping timed out"
-                client.abort()
-                return
+                while True:
+                    done, _ = await asyncio.wait({answer}, timeout=self._keepalive_timeout)
+                    if done:
+                        break
+                    now = self._progress_mark()
+                    if _progressed(mark, now):
+                        mark, last_progress = now, loop.time()  # slow, not dead: keep waiting
+                        continue
+                    # On loopback or a LAN the backlog sits in the server's receive buffer,
+                    # invisible to us, and a rate-limited server (mod_limits) pauses reading
+                    # for seconds: allow what we still owe it at MIN_LINK_RATE on top.
+                    allowed = self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
+                    if loop.time() - last_progress < allowed:
+                        continue
+                    self.log.warning("xmpp_keepalive_timeout", silent_for=round(loop.time() - last_progress, 1))
+                    self._fail("timeout", "keepalive: no progress on the link")
+                    client.abort()
+                    return
+            finally:
+                if not answer.done():
+                    answer.cancel()
+                elif not answer.cancelled():
+                    answer.exception()  # IqError is an answer too; retrieve it
+
+    def _progress_mark(self) -> tuple[int, int]:
+        """(bytes read so far, bytes still waiting to leave us): see ``_progressed``."""
+        client = self._client
+        transport = client.transport if client is not None else None
+        pending = 0
+        if transport is not None:
+            try:
+                pending = transport.get_write_buffer_size()
+            except (AttributeError, RuntimeError):
+                pending = 0
+            pending += _kernel_send_queue(transport.get_extra_info("socket"))
+        return self._bytes_in, pending
+
+    async def _watch_resumed(self, mark: tuple[int, int]) -> None:
+        """Abandon a resumed stream that makes no progress (stock Prosody may stop reading it)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while True:
+            await asyncio.sleep(self._keepalive_timeout)
+            client = self._client
+            if client is None or not self.online or _progressed(mark, self._progress_mark()):
+                return  # the server reads and answers the resumed stream: the keepalive's now
+            allowed = 3 * self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
+            if loop.time() - started >= allowed:
+                break
+        self.log.warning("xmpp_resumed_stream_stalled")
+        self._fail("timeout", "resumed stream made no progress")
+        client.event("session_end")  # no further resumption: a fresh session resends the outbox
+        client.abort()
 
     # -- group chat -----------------------------------------------------------------------------
 
@@ -870,3 +974,21 @@ def _tls_reason(error: object) -> str:
     """The verification reason of a TLS failure (e.g. 'self-signed certificate'), else its text."""
     reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
     return str(reason or error)
+
+
+def _progressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Bytes were read, or some of what waited to leave us has left (the peer is reading)."""
+    return after[0] > before[0] or after[1] < before[1]
+
+
+def _kernel_send_queue(sock: object) -> int:
+    """Bytes in the socket's kernel send queue not yet acknowledged by the peer (Linux), else 0."""
+    try:
+        import fcntl
+        import termios
+
+        fileno = sock.fileno()  # type: ignore[attr-defined]
+        buf = fcntl.ioctl(fileno, termios.TIOCOUTQ, b"\0\0\0\0")
+        return int.from_bytes(buf, "little", signed=True)
+    except (AttributeError, ImportError, OSError, ValueError):
+        return 0

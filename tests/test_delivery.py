@@ -194,3 +194,17 @@ def test_window_bounds_unconfirmed_messages():
     assert not tracker.can_write()
     tracker.sm_acked(1)
     assert tracker.can_write()
+
+
+def test_byte_window_bounds_the_backlog_but_one_message_always_goes():
+    """Two 60 KB messages do not fit a 64 KB window; a lone oversized one still may be written."""
+    tracker = DeliveryTracker(window_bytes=64 * 1024)
+    assert tracker.can_write()
+    tracker.handed("big", size=60_000)
+    assert tracker.can_write()
+    tracker.handed("big2", size=60_000)
+    assert not tracker.can_write()
+    tracker.written("big", 1)
+    tracker.written("big2", 2)
+    tracker.sm_acked(2)
+    assert tracker.can_write()

@@ -402,12 +402,19 @@ def test_outbox_table_from_before_the_failed_state_is_upgraded(tmp_path: Path) -
             "CREATE INDEX ix_outbox_state_created_at ON outbox (state, created_at);"
             "INSERT INTO outbox VALUES (1, 'work', 'bob@example.com', 'kept', 'chat', 'id-old',"
             " 'pending', 0, '2030-01-01 00:00:00.000000', NULL);"
+            "CREATE TABLE message_archive (id INTEGER NOT NULL, direction VARCHAR(3) NOT NULL,"
+            " account VARCHAR(255) NOT NULL, peer VARCHAR(3071) NOT NULL, body TEXT NOT NULL,"
+            " stanza_id VARCHAR(255), created_at DATETIME NOT NULL, CONSTRAINT pk_message_archive"
+            " PRIMARY KEY (id));"
+            "INSERT INTO message_archive VALUES (1, 'out', 'work', 'bob@example.com', 'kept',"
+            " 'id-old', '2030-01-01 00:00:00.000000');"
         )
     store = Storage(f"sqlite:///{path}")
     try:
         store.create_all()
         assert store.outbox_get("id-old").body == "kept"
         assert store.outbox_bounced("id-old", permanent=True, reason="gone").state is OutboxState.FAILED
+        assert store.archive_delivered("id-old") == 1
         store.create_all()  # idempotent
     finally:
         store.close()
@@ -541,6 +548,16 @@ def test_timestamps_are_aware_utc(storage: Storage) -> None:
 
 
 # -- archive ---------------------------------------------------------------------------------------
+
+
+def test_archive_delivered_records_the_receipt_once(storage: Storage) -> None:
+    """A XEP-0184 receipt sets delivered_at on the outgoing message with that id, once."""
+    storage.archive_add("out", "work", "bob@example.com", "hi", "id-r")
+    assert storage.archive_delivered("id-r") == 1
+    assert storage.archive_delivered("id-r") == 0
+    assert storage.archive_delivered("unknown") == 0
+    [archived] = storage.archive_recent("work", "bob@example.com")
+    assert archived.delivered_at is not None
 
 
 def test_archive_recent_returns_last_n_oldest_first(storage: Storage) -> None:

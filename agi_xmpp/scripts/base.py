@@ -69,8 +69,8 @@ def dialplan_script(
                 if status is not None:
                     out[status] = "FAILURE"
                 out[error] = reason
-            else:
-                out[error] = ""
+            # on success the error variable stays as the script left it ("" unless it explains
+            # a degraded answer, e.g. jabber_status while the account is offline)
             too_long = oversized(channel, out)
             if too_long:
                 # Never cut a value: say why instead (the text stays in the message archive).
@@ -168,6 +168,36 @@ def positive_seconds(text: str, default: float, maximum: float, what: str = "TIM
     if not value > 0 or value != value or value == float("inf"):
         raise ScriptError(f"{what} must be a positive number of seconds, not {text!r}")
     return min(value, maximum)
+
+
+CONFIRM_TIMEOUT = 10.0  # seconds confirm= waits by default (option timeout=)
+
+
+async def send_with_confirm(
+    channel: Channel, services: Services, account: str, to: Jid, body: str
+) -> tuple[str, str]:
+    """Send through the outbox, honouring ``confirm=`` (``server`` / ``receipt``) and
+    ``timeout=``; returns (status, error text). Without ``confirm=``: SUCCESS or QUEUED at once.
+
+    ``confirm=server``: SUCCESS once the server acknowledged the stanza (XEP-0198 ``h`` or a
+    barrier written after it), FAILURE with the server's error if it bounced, QUEUED otherwise
+    (link down, or no proof within the timeout: the message is still sent later).
+    ``confirm=receipt``: also asks the recipient's client for a XEP-0184 receipt; DELIVERED when
+    it comes in time, else what ``confirm=server`` answers."""
+    mode = channel.options.get("confirm", "").strip().lower()
+    if mode not in ("", "server", "receipt"):
+        raise ScriptError(f"confirm= must be server or receipt, not {mode!r}")
+    timeout = positive_seconds(channel.options.get("timeout", ""), CONFIRM_TIMEOUT,
+                               float(services.config.general.max_receive_timeout), "timeout=")
+    pool = services.pool
+    outcome, stanza_id = await pool.submit(account, to, body, confirm=bool(mode), receipt=mode == "receipt")
+    if not mode:
+        return outcome.value, ""
+    if outcome.value == "QUEUED":
+        pool.forget_confirmation(stanza_id)
+        return "QUEUED", "account offline: not confirmed (still queued)"
+    status, reason = await pool.confirm(stanza_id, timeout, receipt=mode == "receipt")
+    return status.value, reason
 
 
 def receive_matcher(services: Services, account: str, jid: Jid) -> Matcher:

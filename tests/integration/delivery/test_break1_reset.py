@@ -77,3 +77,21 @@ async def test_message_dropped_by_a_reset_before_it_was_written_still_arrives(
             return row.state == "acked"
 
         await eventually(acked, 30, "the row to be acked once it really arrived")
+
+
+@pytest.mark.parametrize("stock_server", ["ejabberd-stock"], indirect=True)
+async def test_outage_longer_than_our_grace_still_resumes_within_the_servers_max(
+    stock_server, accounts, proxy_to, service_via
+):
+    """ejabberd keeps a detached stream 300 s: a 40 s outage resumes instead of starting fresh."""
+    jid, password = accounts(stock_server)("svc")
+    proxy = await proxy_to(stock_server)
+    async with service_via(stock_server, proxy.port, jid, password) as svc:
+        session = svc.pool.session("asterisk")
+        proxy.refuse = True
+        proxy.reset()
+        await eventually(lambda: not session.online, 30, "the link to go down")
+        await asyncio.sleep(40)  # past our own 30 s grace, well within ejabberd's 300 s
+        proxy.refuse = False
+        await eventually(lambda: session.online, 90, "the session to come back")
+        assert session.resumptions == 1
