@@ -41,8 +41,9 @@ Theory of operation
   our buffers or the kernel's send queue (``TIOCOUTQ``). A server that reads us slowly (Debian's
   stock Prosody: 10 kB/s) answers late but is alive; aborting it used to end in an endless
   cycle of resumptions and duplicate copies.
-- A resumed stream that makes no progress within ``3 × keepalive_timeout`` is abandoned: the
-  session ends (no further resumption attempt) and a fresh one resends from the outbox.
+- A resumed stream that makes no progress within ``keepalive_timeout`` (plus the backlog's time
+  at 1 kB/s) is abandoned: the session ends (no further resumption attempt) and a fresh one
+  resends from the outbox. Debian's stock Prosody was seen to stop reading a resumed stream.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from slixmpp.xmlstream.matcher import MatchXPath
 
 from .config import AccountConfig
 from .delivery import DeliveryTracker, Stage
-from .errors import InvalidJid, ScriptError
+from .errors import InvalidJid, NotOnline, RoomJoinFailed
 from .inbox import InboundMessage
 from .jid import Jid, parse_jid
 
@@ -91,14 +92,6 @@ class SessionListener(Protocol):
     def stanza_acked(self, account: str, stanza_id: str) -> None: ...
     def stanza_bounced(self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str) -> None: ...
     def receipt_received(self, account: str, stanza_id: str) -> None: ...
-
-
-class NotOnline(Exception):
-    """The session has no live stream right now."""
-
-
-class RoomJoinFailed(ScriptError):
-    """The room refused the join, or did not confirm it in time."""
 
 
 @dataclass(slots=True)
@@ -826,14 +819,30 @@ class XmppSession:
         """Abandon a resumed stream that makes no progress (stock Prosody may stop reading it)."""
         loop = asyncio.get_running_loop()
         started = loop.time()
-        while True:
-            await asyncio.sleep(self._keepalive_timeout)
-            client = self._client
-            if client is None or not self.online or _progressed(mark, self._progress_mark()):
-                return  # the server reads and answers the resumed stream: the keepalive's now
-            allowed = 3 * self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
-            if loop.time() - started >= allowed:
-                break
+        await asyncio.sleep(0)  # after session_resumed's handlers: the stream counts as online
+        client = self._client
+        if client is None:
+            return
+        # Ask for an answer, so that a healthy but quiet stream shows progress too.
+        iq = client.Iq()
+        iq["type"] = "get"
+        iq["to"] = client.boundjid.domain
+        iq.enable("ping")
+        probe = asyncio.ensure_future(iq.send(timeout=3600))
+        try:
+            while True:
+                await asyncio.sleep(self._keepalive_timeout)
+                client = self._client
+                if client is None or not self.online or _progressed(mark, self._progress_mark()):
+                    return  # the server reads and answers the resumed stream: the keepalive's now
+                allowed = self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
+                if loop.time() - started >= allowed:
+                    break
+        finally:
+            if not probe.done():
+                probe.cancel()
+            elif not probe.cancelled():
+                probe.exception()
         self.log.warning("xmpp_resumed_stream_stalled")
         self._fail("timeout", "resumed stream made no progress")
         client.event("session_end")  # no further resumption: a fresh session resends the outbox

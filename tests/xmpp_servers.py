@@ -226,6 +226,13 @@ class Ejabberd:
                 self.kill()
                 raise XmppServerError(f"ejabberd did not listen within {self.start_timeout} s\n{self.log_tail()}")
             time.sleep(0.1)
+        # c2s listens a moment before the node has loaded its data and commands
+        while subprocess.run(self._ctl_command("status"), capture_output=True, check=False,
+                             stdin=subprocess.DEVNULL, cwd=self.workdir).returncode != 0:
+            if time.monotonic() > deadline:
+                self.kill()
+                raise XmppServerError(f"ejabberd did not report started\n{self.log_tail()}")
+            time.sleep(0.3)
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []
@@ -265,6 +272,23 @@ class Ejabberd:
     def restart(self) -> None:
         """Start again on the same ports and spool (after ``kill()``)."""
         self.kill()
+        self.start()
+
+    def restart_gracefully(self) -> None:
+        """SIGTERM (the node shuts down cleanly, Mnesia written out), then start again: accounts
+        registered just before survive a later ``kill()``."""
+        proc = self._proc
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            # the shell wrapper exits at once; the Erlang node takes a moment to close its tables
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            self.kill()
         self.start()
 
     def register(self, user: str, password: str) -> str:
