@@ -16,9 +16,9 @@ Theory of operation
 - We drive reconnection ourselves: slixmpp does not reconnect after an established session drops,
   and it has no timeout on stream negotiation, so every attempt runs under a watchdog
   (``negotiation_timeout``) and is aborted when it expires.
-- The back-off resets only after a session that stayed up ``stable_after`` seconds (60 s): two
-  instances replacing each other's session (``<conflict/>``) would otherwise reconnect at once,
-  forever.
+- The back-off resets only after a session that stayed up ``stable_after`` seconds (10 s): two
+  instances replacing each other's session (``<conflict/>``, within a second or two) would
+  otherwise reconnect at once, forever; a real session that a link reset ends is longer.
 - Failures are named (``failure``): ``dns``, ``tcp``, ``tls`` (with the verification reason),
   ``auth``, ``conflict``, ``policy-violation``, ``timeout``, ``stream``. Two are not transient
   and wait far longer before the next try (``SLOW_RETRY``: 5 min doubling to 1 h): ``auth``
@@ -156,7 +156,7 @@ class XmppSession:
         keepalive_timeout: float = 20.0,
         resume_grace: float = 30.0,
         backoff: Backoff | None = None,
-        stable_after: float = 60.0,
+        stable_after: float = 10.0,
     ) -> None:
         self.account = account
         self.name = account.name
@@ -981,8 +981,11 @@ class XmppSession:
 
 def _tls_reason(error: object) -> str:
     """The verification reason of a TLS failure (e.g. 'self-signed certificate'), else its text."""
-    reason = getattr(error, "verify_message", None) or getattr(error, "reason", None)
-    return str(reason or error)
+    reason = getattr(error, "reason", None)  # e.g. CERTIFICATE_VERIFY_FAILED
+    detail = getattr(error, "verify_message", None)  # e.g. self-signed certificate
+    if reason and detail:
+        return f"{reason}: {detail}"
+    return str(reason or detail or error)
 
 
 def _progressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
