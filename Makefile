@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 CONFIG ?= etc/quickstart.conf
 PYTEST_ARGS ?=
 
-.PHONY: all run test test-unit test-integration test-e2e bench sounds system-deps databases lab clean
+.PHONY: all run test test-unit test-integration test-e2e bench soak sounds system-deps databases lab clean
 
 all: test
 
@@ -47,6 +47,11 @@ test-e2e: system-deps $(STAMP) lab
 bench: system-deps $(STAMP) lab
 	@tools/install-system-deps.sh --bench
 	$(BIN)/python -m bench
+
+# Issue 9's soak on Debian's stock Prosody and ejabberd: SOAK_ARGS="--runs 5 --kills 1" for a short one.
+SOAK_ARGS ?=
+soak: system-deps $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 sounds:
 	@tools/install-system-deps.sh --sounds

@@ -17,6 +17,7 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from collections.abc import Sequence
 
 from . import logs
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     command(show_sub, "connections", help="XMPP sessions and their state")
     buddies = command(show_sub, "buddies", help="roster and presence per resource")
     buddies.add_argument("account", nargs="?", default="")
+    message = command(show_sub, "message", help="what happened to one sent message (its id)")
+    message.add_argument("id")
 
     send = command(sub, "send", help="send a chat message through the running service")
     send.add_argument("account")
@@ -217,6 +220,8 @@ def _send(config: Config, args: argparse.Namespace) -> int:
         )
     reply = _api(config, "POST", "/api/messages", {"account": account.name, "to": args.jid, "body": " ".join(args.text)})
     print(reply["status"])
+    if reply.get("id"):  # to follow it: agi-xmpp show message ID
+        print(f"message id {reply['id']}", file=sys.stderr)
     return 0 if reply["status"] in ("SUCCESS", "QUEUED") else 1
 
 
@@ -230,6 +235,10 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             print(f"       [{row['account']}] {row['jid']:<30} - {state}{extra}")
         print("----")
         print(f"   Number of clients: {len(rows)}")
+        return 0
+    if args.what == "message":
+        for key, value in _api(config, "GET", f"/api/messages/{quote(args.id, safe='')}").items():
+            print(f"{key:>16}: {'' if value is None else value}")
         return 0
     account = _account_name(config, args.account) if args.account else ""
     query = f"?account={account}" if account else ""

@@ -87,6 +87,14 @@ class GeneralConfig:
             object.__setattr__(self, "database", url)
 
 
+def default_resource() -> str:
+    """``asterisk-<host name>``: two hosts on one account (a second instance, or res_xmpp still
+    loaded during a migration) must not bind the same full JID, or the server replaces one
+    session with the other in a loop (RFC 6120 §7.7.2.2, ``<conflict/>``)."""
+    host = re.sub(r"[^a-z0-9.-]", "-", os.uname().nodename.lower()).strip("-.")
+    return f"asterisk-{host}" if host else "asterisk"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccountConfig:
     """One XMPP account: a client section of our file or of res_xmpp's xmpp.conf."""
@@ -110,12 +118,12 @@ class AccountConfig:
     keepalive: bool = True
     tls_verify: bool = True
     cafile: str | None = None
-    resource: str = ""  # "" → resource of username, else "asterisk"
+    resource: str = ""  # "" → resource of username, else default_resource()
 
     def __post_init__(self) -> None:
         if not self.resource:
             _, _, resource = self.username.partition("/")
-            object.__setattr__(self, "resource", resource or "asterisk")
+            object.__setattr__(self, "resource", resource or default_resource())
 
     @property
     def bare_jid(self) -> str:

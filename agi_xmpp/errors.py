@@ -8,12 +8,16 @@
     ├── ChannelGone                 the AGI connection closed or the channel hung up
     ├── ScriptError                 a script's argument or request is wrong: becomes *_STATUS=FAILURE
     │   ├── InvalidJid              a JID that does not parse
-    │   └── UnknownAccount          an account name that is not configured
+    │   ├── UnknownAccount          an account name that is not configured
+    │   └── RoomJoinFailed          a room refused the join, or did not confirm it in time
+    ├── XmppError                   the XMPP side cannot do it right now
+    │   └── NotOnline               the account's session has no live stream (the pool queues)
     ├── DirectoryError              a directory entry that is malformed or duplicated
-    └── StorageError                the database refused or is unreachable
+    └── StorageError                the database refused, is unreachable, or missed its deadline
 
 Scripts turn ``ScriptError`` into their ``*_STATUS``/``*_ERROR`` variables; the message of a
-``ScriptError`` is shown to the administrator, so it is one plain line.
+``ScriptError`` is shown to the administrator, so it is one plain line. ``StorageError`` reaches
+the dialplan as ``FAILURE`` with ``database unavailable: <reason>`` (``scripts/base.py``).
 """
 
 from __future__ import annotations
@@ -62,6 +66,18 @@ class InvalidJid(ScriptError):
 
 class UnknownAccount(ScriptError):
     """An ACCOUNT argument that names no configured account."""
+
+
+class RoomJoinFailed(ScriptError):
+    """The room refused the join, or did not confirm it in time."""
+
+
+class XmppError(AgiXmppError):
+    """The XMPP side cannot do this right now."""
+
+
+class NotOnline(XmppError):
+    """The session has no live stream right now."""
 
 
 class DirectoryError(AgiXmppError):

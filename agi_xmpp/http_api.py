@@ -231,6 +231,11 @@ async def health(request: web.Request) -> web.Response:
     body = {"status": "ok" if ok else "degraded", "accounts": {c["account"]: c["state"] for c in connections}}
     if ami is not None:
         body["ami"] = ami.status()
+    # why an account is not online: dns, tcp, tls, auth, conflict, policy-violation, timeout, stream
+    failures = {c["account"]: {"class": c["failure"], "reason": c["last_error"]}
+                for c in connections if c["failure"]}
+    jobs = pool.supervisor.status()  # background work that failed and was restarted
+    body.update({k: v for k, v in (("failures", failures), ("jobs", jobs)) if v})
     return web.json_response(body, status=200 if ok else 503)
 
 
@@ -296,8 +301,16 @@ async def post_message(request: web.Request) -> web.Response:
     limit = services.config.general.max_message_bytes
     if len(body.encode()) > limit:
         raise ScriptError(f"message longer than max_message_bytes ({limit})")
-    outcome = await services.pool.send(account.name, to, body)
-    return web.json_response({"status": outcome.value})
+    outcome, stanza_id = await services.pool.submit(account.name, to, body)
+    return web.json_response({"status": outcome.value, "id": stanza_id})
+
+
+async def message_get(request: web.Request) -> web.Response:
+    """What happened to one message we sent (outbox state, last error stanza, attempts)."""
+    status = await request.app[SERVICES].pool.message_status(request.match_info["id"])
+    if status is None:
+        return web.json_response({"error": "no such message"}, status=404)
+    return web.json_response(status)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -331,7 +344,7 @@ async def metrics(request: web.Request) -> web.Response:
         for sender_class, count in sorted(quota.skipped.items()):
             lines.append(f'agi_xmpp_archive_skipped_total{{sender="{sender_class}"}} {count}')
     counters = pool.counters
-    for field in ("sent", "queued", "acked", "retransmitted", "received", "expired"):
+    for field in ("sent", "queued", "acked", "retransmitted", "received", "expired", "bounced_wait", "failed"):
         lines.append(f"# TYPE agi_xmpp_messages_{field}_total counter")
         lines.append(f"agi_xmpp_messages_{field}_total {getattr(counters, field)}")
     lines += ["# TYPE agi_xmpp_outbox_rows gauge"]
@@ -417,6 +430,7 @@ def make_app(
     app.router.add_get("/api/buddies", buddies)
     app.router.add_get("/api/presence", presence)
     app.router.add_post("/api/messages", post_message)
+    app.router.add_get("/api/messages/{id}", message_get)
     app.router.add_get("/api/directory", directory_get)
     app.router.add_post("/api/directory", directory_post)
     app.router.add_delete("/api/directory/{extension}", directory_delete)

@@ -51,7 +51,7 @@ import enum
 import functools
 import threading
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +112,7 @@ T = TypeVar("T")
 _JID_LEN = 3071
 _ACCOUNT_LEN = 255
 _STANZA_ID_LEN = 255
+_ERROR_LEN = 1024
 _EXTENSION_LEN = 80
 _DEVICE_LEN = 255
 _MAILBOX_LEN = 255
@@ -136,11 +137,13 @@ class Direction(enum.StrEnum):
 
 
 class OutboxState(enum.StrEnum):
-    """``pending`` until the server acks it (``acked``) or ``outbox_ttl`` ends (``expired``)."""
+    """``pending`` until the server acks it (``acked``) or ``outbox_ttl`` ends (``expired``);
+    ``failed`` when an error stanza refused it for good (``last_error`` says why)."""
 
     PENDING = "pending"
     ACKED = "acked"
     EXPIRED = "expired"
+    FAILED = "failed"
 
 
 class MessageKind(enum.StrEnum):
@@ -171,6 +174,7 @@ class OutboxItem:
     attempts: int
     created_at: datetime
     acked_at: datetime | None
+    last_error: str | None = None  # the last error stanza's condition and text, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +188,7 @@ class ArchivedMessage:
     body: str
     stanza_id: str | None
     created_at: datetime
+    delivered_at: datetime | None = None  # when the recipient's client sent a XEP-0184 receipt
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,13 +308,14 @@ class _ArchiveRow(_Base):
     body: Mapped[str] = mapped_column(_LongText)
     stanza_id: Mapped[str | None] = mapped_column(String(_STANZA_ID_LEN))
     created_at: Mapped[datetime] = mapped_column(_UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(_UtcDateTime())  # XEP-0184 receipt
 
 
 class _OutboxRow(_Base):
     __tablename__ = "outbox"
     __table_args__ = (
         CheckConstraint("kind IN ('chat', 'groupchat')", name="kind"),
-        CheckConstraint("state IN ('pending', 'acked', 'expired')", name="state"),
+        CheckConstraint("state IN ('pending', 'acked', 'expired', 'failed')", name="state"),
         Index(None, "account", "state", "id"),  # outbox_pending
         Index(None, "state", "created_at"),  # outbox_expire, outbox_purge
         _TABLE_OPTIONS,
@@ -325,6 +331,7 @@ class _OutboxRow(_Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(_UtcDateTime())
     acked_at: Mapped[datetime | None] = mapped_column(_UtcDateTime())
+    last_error: Mapped[str | None] = mapped_column(String(_ERROR_LEN))
 
 
 class _PresenceLogRow(_Base):
@@ -420,6 +427,7 @@ class Storage:
     def create_all(self) -> None:
         """Create every missing table and index (no migrations yet: see docs/storage.md)."""
         with _translated("create_all"):
+            _upgrade_outbox(self._write_engine)
             _Base.metadata.create_all(self._write_engine)
 
     def close(self) -> None:
@@ -458,7 +466,8 @@ class Storage:
             return None if row is None else _outbox_item(row)
 
     def outbox_acked(self, stanza_ids: Iterable[str]) -> int:
-        """Mark these rows ``acked`` (from ``pending`` or ``expired``); return how many changed."""
+        """Mark these rows ``acked`` (from ``pending`` or ``expired``, never from ``failed``);
+        return how many changed."""
         ids = list(dict.fromkeys(stanza_ids))
         if not ids:
             return 0
@@ -470,13 +479,29 @@ class Storage:
                     update(_OutboxRow)
                     .where(
                         _OutboxRow.stanza_id.in_(chunk),
-                        _OutboxRow.state != OutboxState.ACKED.value,
+                        _OutboxRow.state.in_([OutboxState.PENDING.value, OutboxState.EXPIRED.value]),
                     )
                     .values(state=OutboxState.ACKED.value, acked_at=now)
                     .execution_options(synchronize_session=False)
                 )
                 changed += _rowcount(result)
         return changed
+
+    def outbox_bounced(self, stanza_id: str, *, permanent: bool, reason: str) -> OutboxItem | None:
+        """An error stanza came back for this row: ``failed`` if ``permanent``, else ``pending``
+        again (a ``wait`` error: retried later, until ``outbox_ttl``); ``last_error`` keeps
+        ``reason``. Returns the updated row, or ``None`` for an unknown id."""
+        state = OutboxState.FAILED if permanent else OutboxState.PENDING
+        with self._write("outbox_bounced") as session:
+            row = session.scalars(select(_OutboxRow).where(_OutboxRow.stanza_id == stanza_id)).first()
+            if row is None:
+                return None
+            if row.state != OutboxState.EXPIRED.value:  # expired stays expired: its time is up
+                row.state = state.value
+                row.acked_at = None
+            row.last_error = _clip(reason, _ERROR_LEN)
+            session.flush()
+            return _outbox_item(row)
 
     def outbox_attempted(self, stanza_id: str) -> None:
         """Count one more transmission of this row (no-op for an unknown id)."""
@@ -504,13 +529,15 @@ class Storage:
             return _rowcount(result)
 
     def outbox_purge(self, created_before: datetime) -> int:
-        """Delete ``acked``/``expired`` rows created before the cutoff; return how many."""
+        """Delete ``acked``/``expired``/``failed`` rows created before the cutoff; return how many."""
         before = _utc(created_before, "created_before")
         with self._write("outbox_purge") as session:
             result = session.execute(
                 delete(_OutboxRow)
                 .where(
-                    _OutboxRow.state.in_([OutboxState.ACKED.value, OutboxState.EXPIRED.value]),
+                    _OutboxRow.state.in_(
+                        [OutboxState.ACKED.value, OutboxState.EXPIRED.value, OutboxState.FAILED.value]
+                    ),
                     _OutboxRow.created_at < before,
                 )
                 .execution_options(synchronize_session=False)
@@ -540,6 +567,18 @@ class Storage:
             result = session.execute(
                 delete(_ArchiveRow)
                 .where(_ArchiveRow.created_at < before)
+                .execution_options(synchronize_session=False)
+            )
+            return _rowcount(result)
+
+    def archive_delivered(self, stanza_id: str) -> int:
+        """Record a XEP-0184 receipt on the outgoing archived message with this id; how many."""
+        with self._write("archive_delivered") as session:
+            result = session.execute(
+                update(_ArchiveRow)
+                .where(_ArchiveRow.stanza_id == stanza_id, _ArchiveRow.direction == Direction.OUT.value,
+                       _ArchiveRow.delivered_at.is_(None))
+                .values(delivered_at=_now())
                 .execution_options(synchronize_session=False)
             )
             return _rowcount(result)
@@ -752,8 +791,12 @@ class AsyncStorage:
     docstring). ``aclose()`` waits for queued work, then closes the wrapped ``Storage``.
     """
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, *, deadline: float = 10.0) -> None:
         self.storage = storage
+        # Every call answers within ``deadline`` seconds or raises StorageError: a hung database
+        # must not hang jabber_send, /metrics or /api/presence with it (the worker thread may
+        # still be stuck; later calls queue behind it and time out the same way).
+        self.deadline = deadline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agi-xmpp-storage")
         self._lock = threading.Lock()
         self._queued: list[tuple[_Insert, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -789,7 +832,7 @@ class AsyncStorage:
     # tests/test_storage.py checks that none of Storage's public methods is missing here.
 
     async def create_all(self) -> None:
-        return await self._call(self.storage.create_all)
+        return await self._call(self.storage.create_all, deadline=None)
 
     async def outbox_add(
         self, account: str, to: str, body: str, stanza_id: str, kind: str = "chat"
@@ -804,6 +847,9 @@ class AsyncStorage:
 
     async def outbox_acked(self, stanza_ids: Iterable[str]) -> int:
         return await self._call(self.storage.outbox_acked, list(stanza_ids))
+
+    async def outbox_bounced(self, stanza_id: str, *, permanent: bool, reason: str) -> OutboxItem | None:
+        return await self._call(self.storage.outbox_bounced, stanza_id, permanent=permanent, reason=reason)
 
     async def outbox_attempted(self, stanza_id: str) -> None:
         return await self._call(self.storage.outbox_attempted, stanza_id)
@@ -824,6 +870,9 @@ class AsyncStorage:
 
     async def archive_purge(self, created_before: datetime) -> int:
         return await self._call(self.storage.archive_purge, created_before)
+
+    async def archive_delivered(self, stanza_id: str) -> int:
+        return await self._call(self.storage.archive_delivered, stanza_id)
 
     async def archive_recent(
         self, account: str, peer_bare: str, limit: int = 3
@@ -875,11 +924,23 @@ class AsyncStorage:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    async def _call(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    async def _call(
+        self, fn: Callable[P, T], /, *args: P.args, deadline: float | None | bool = True, **kwargs: P.kwargs
+    ) -> T:
         if self._closed:
             raise StorageError("storage is closed")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        work = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        return await self._within_deadline(work, fn.__name__, deadline)
+
+    async def _within_deadline(self, work: Awaitable[T], op: str, deadline: float | None | bool = True) -> T:
+        limit = self.deadline if deadline is True else deadline
+        if limit is None or limit is False:
+            return await work
+        try:
+            return await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise StorageError(f"{op}: the database did not answer within {limit:g} s") from None
 
     async def _group_commit(self, item: _Insert) -> None:
         """Queue one row; return once the transaction carrying it has committed."""
@@ -895,8 +956,9 @@ class AsyncStorage:
             # Not awaited on purpose: _flush never raises; its outcome reaches every caller
             # through their own future.
             self._executor.submit(self._flush)
-        # A caller cancelled here may still have its row committed: at-least-once, never lost.
-        await done
+        # A caller cancelled (or timed out) here may still have its row committed: at-least-once,
+        # never lost; shielded so the commit's outcome still reaches the worker's bookkeeping.
+        await self._within_deadline(asyncio.shield(done), item.op)
 
     def _drain_and_close(self) -> None:
         """Worker thread, last job: commit whatever is still queued, then close the Storage."""
@@ -1043,6 +1105,47 @@ def _duplicate(extension: str, jid: str) -> DirectoryError:
         f"directory: extension {extension!r} already exists (jid {jid}); "
         "remove it first or replace it"
     )
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most ``limit`` characters, on one line (error texts come from the network)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _upgrade_outbox(engine: Engine) -> None:
+    """Bring tables created by earlier builds to the current shape (docs/storage.md).
+
+    ``message_archive`` gains ``delivered_at`` (a plain added column). ``outbox`` gains
+    ``last_error`` and ``failed`` in the state check. PostgreSQL and MariaDB swap the named check constraint; SQLite cannot alter
+    a constraint, so its table is rebuilt in one transaction (the rows are kept)."""
+    from sqlalchemy import inspect, text
+
+    states = "state IN ('pending', 'acked', 'expired', 'failed')"
+    with engine.begin() as conn:  # one connection: SQLite would lock a second one out
+        inspector = inspect(conn)
+        tables = inspector.get_table_names()
+        if "message_archive" in tables and "delivered_at" not in {
+            c["name"] for c in inspector.get_columns("message_archive")
+        }:
+            kind = _ArchiveRow.__table__.c.delivered_at.type.compile(dialect=engine.dialect)
+            conn.execute(text(f"ALTER TABLE message_archive ADD COLUMN delivered_at {kind}"))
+        if "outbox" not in tables:
+            return
+        if "last_error" in {c["name"] for c in inspector.get_columns("outbox")}:
+            return
+        if engine.dialect.name == "sqlite":
+            columns = "id, account, to_jid, body, kind, stanza_id, state, attempts, created_at, acked_at"
+            for index in inspector.get_indexes("outbox"):
+                conn.execute(text(f'DROP INDEX "{index["name"]}"'))
+            conn.execute(text("ALTER TABLE outbox RENAME TO outbox_before_upgrade"))
+            _OutboxRow.__table__.create(conn)
+            conn.execute(text(f"INSERT INTO outbox ({columns}) SELECT {columns} FROM outbox_before_upgrade"))
+            conn.execute(text("DROP TABLE outbox_before_upgrade"))
+            return
+        conn.execute(text(f"ALTER TABLE outbox ADD COLUMN last_error VARCHAR({_ERROR_LEN})"))
+        conn.execute(text("ALTER TABLE outbox DROP CONSTRAINT ck_outbox_state"))
+        conn.execute(text(f"ALTER TABLE outbox ADD CONSTRAINT ck_outbox_state CHECK ({states})"))
 
 
 def _now() -> datetime:
@@ -1226,6 +1329,7 @@ def _outbox_item(row: _OutboxRow) -> OutboxItem:
         attempts=row.attempts,
         created_at=row.created_at,
         acked_at=row.acked_at,
+        last_error=row.last_error,
     )
 
 
@@ -1238,6 +1342,7 @@ def _archived(row: _ArchiveRow) -> ArchivedMessage:
         body=row.body,
         stanza_id=row.stanza_id,
         created_at=row.created_at,
+        delivered_at=row.delivered_at,
     )
 
 

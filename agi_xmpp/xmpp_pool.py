@@ -17,6 +17,17 @@ non-occupants): the resend first joins every room they address, with the nick th
 remembers for it (else the default nick, e.g. after our own restart); a room that refuses keeps
 its rows pending for the next fresh session.
 
+Flow control: a session takes new messages only while its ``DeliveryTracker`` window has room
+(what the server has not confirmed stays under 200 messages and 64 KB). A ``jabber_send`` made
+while the window is full is still ``SUCCESS`` (stored, and the session is live) and waits in a
+per-account line, written as confirmations arrive; the resend waits for room the same way.
+
+Bounces: a ``<message type='error'>`` carrying one of our ids is matched to its row. ``wait``
+(RFC 6120 §8.3.2: "retry after waiting", e.g. ejabberd's full offline queue) makes the row
+pending again and it is written again after a back-off (5 s doubling to 5 min) until
+``outbox_ttl``; any other type marks it ``failed`` with the condition and text. Both are logged
+at warning and counted (``bounced_wait``, ``failed``).
+
 Incoming: the sessions report roster, presence and messages here; presence goes to the
 ``PresenceCache``, messages to the account's ``Inbox`` (and the archive). This is the only place
 where XMPP events meet storage.
@@ -25,10 +36,12 @@ where XMPP events meet storage.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
@@ -41,6 +54,7 @@ from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
 from .storage import AsyncStorage, OutboxItem
+from .supervisor import Supervisor
 from .xmpp_session import Backoff, NotOnline, RoomJoinFailed, XmppSession
 
 log = structlog.get_logger(__name__)
@@ -49,6 +63,17 @@ log = structlog.get_logger(__name__)
 class SendOutcome(StrEnum):
     SUCCESS = "SUCCESS"
     QUEUED = "QUEUED"
+    FAILURE = "FAILURE"  # only from confirm(): the server bounced it
+    DELIVERED = "DELIVERED"  # only from confirm(receipt=True): the recipient's client has it
+
+
+@dataclass(slots=True)
+class _Confirmation:
+    """What ``confirm()`` waits for about one message."""
+
+    acked: asyncio.Event = field(default_factory=asyncio.Event)
+    delivered: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: str = ""  # the bounce's reason
 
 
 @dataclass(slots=True)
@@ -59,6 +84,9 @@ class PoolCounters:
     retransmitted: int = 0
     received: int = 0
     expired: int = 0
+    bounced_wait: int = 0  # error stanzas of type wait: the row is retried later
+    failed: int = 0  # other error stanzas: the row is failed
+    delivered: int = 0  # XEP-0184 receipts received
 
 
 class XmppPool:
@@ -97,10 +125,16 @@ class XmppPool:
         self.inboxes: dict[str, Inbox] = {
             name: Inbox(ttl=float(account.timeout), clock=clock) for name, account in config.accounts.items()
         }
-        self._in_flight: dict[str, set[str]] = {name: set() for name in self.sessions}
-        self.archive_quota: ArchiveQuota | None = None
-        self._resend_tasks: dict[str, asyncio.Task[None]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.archive_quota: ArchiveQuota | None = None  # per-sender quota (archive_quota.py)
+        self._retry_handles: dict[str, asyncio.TimerHandle] = {}
+        # Accepted while the session's window was full: (stanza id, to, body, kind), in order.
+        self._waiting: dict[str, collections.deque[tuple[str, str, str, str]]] = {
+            name: collections.deque() for name in self.sessions
+        }
+        self._window_events: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.sessions}
+        self._confirmations: dict[str, _Confirmation] = {}
+        self._wants_receipt: set[str] = set()
+        self.supervisor = Supervisor()
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
         self._presence_hooks: list[Callable[[str, str | None], None]] = []
         self._ack_batch: list[str] = []
@@ -116,15 +150,19 @@ class XmppPool:
 
     async def start(self) -> None:
         for session in self.sessions.values():
-            self._tasks.append(asyncio.create_task(session.run(), name=f"xmpp-{session.name}"))
-        self._tasks.append(asyncio.create_task(self._expire_loop(), name="outbox-expiry"))
+            self.supervisor.start(f"xmpp-{session.name}", session.run)
+        self.supervisor.start("outbox-expiry", self._expire_loop)
 
     async def stop(self) -> None:
+        for handle in self._retry_handles.values():
+            handle.cancel()
+        self._retry_handles.clear()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
-        for task in [*self._tasks, *self._resend_tasks.values()]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._resend_tasks.values(), return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop()
+        if self._ack_flush is not None and not self._ack_flush.done():
+            # the last confirmations; unflushed ones only cost a duplicate after a restart
+            await asyncio.wait([self._ack_flush], timeout=2.0)
+            self._ack_flush.cancel()
 
     def session(self, account: str) -> XmppSession:
         return self.sessions[account]
@@ -142,29 +180,111 @@ class XmppPool:
 
     async def send(self, account: str, to: Jid, body: str, kind: str = "chat") -> SendOutcome:
         """Durably accept one message; SUCCESS if a live session took it, else QUEUED."""
+        outcome, _stanza_id = await self.submit(account, to, body, kind)
+        return outcome
+
+    async def submit(
+        self, account: str, to: Jid, body: str, kind: str = "chat", *, confirm: bool = False,
+        receipt: bool = False,
+    ) -> tuple[SendOutcome, str]:
+        """``send`` that also returns the stanza id (to follow the message: ``message_status``).
+        ``confirm``: the caller will await ``confirm(id)``; ``receipt`` also asks the recipient's
+        client for a XEP-0184 receipt."""
         stanza_id = f"agx-{uuid.uuid4().hex}"
+        if confirm or receipt:
+            self._confirmations[stanza_id] = _Confirmation()
+        if receipt:
+            self._wants_receipt.add(stanza_id)
         # Both rows ride the same group commit; the reply waits for the outbox row to be durable.
-        await asyncio.gather(
-            self.storage.outbox_add(account, to.full, body, stanza_id, kind=kind),
-            self.storage.archive_add("out", account, to.bare, body, stanza_id),
-        )
+        try:
+            await asyncio.gather(
+                self.storage.outbox_add(account, to.full, body, stanza_id, kind=kind),
+                self.storage.archive_add("out", account, to.bare, body, stanza_id),
+            )
+        except BaseException:
+            self.forget_confirmation(stanza_id)
+            raise
         session = self.sessions[account]
+        waiting = self._waiting[account]
+        if session.online and (waiting or not session.delivery.can_write()):
+            waiting.append((stanza_id, to.full, body, kind))  # written as the window opens
+            self.counters.sent += 1
+            return SendOutcome.SUCCESS, stanza_id
         try:
             self._write(session, to.full, body, stanza_id, kind)
         except NotOnline:
             self.counters.queued += 1
-            return SendOutcome.QUEUED
+            return SendOutcome.QUEUED, stanza_id
         self.counters.sent += 1
-        return SendOutcome.SUCCESS
+        return SendOutcome.SUCCESS, stanza_id
+
+    async def message_status(self, stanza_id: str) -> dict[str, object] | None:
+        """What happened to one message we sent (HTTP ``GET /api/messages/{id}``), or None."""
+        row = await self.storage.outbox_get(stanza_id)
+        if row is None:
+            return None
+        session = self.sessions.get(row.account)
+        stage = session.delivery.stage(stanza_id) if session is not None else None
+        return {
+            "id": row.stanza_id,
+            "account": row.account,
+            "to": row.to_jid,
+            "kind": row.kind.value,
+            "state": row.state.value,
+            "attempts": row.attempts,
+            "created_at": row.created_at.isoformat(),
+            "acked_at": row.acked_at.isoformat() if row.acked_at else None,
+            "error": row.last_error,
+            "stream": stage.value if stage is not None else None,
+            "retry_scheduled": stanza_id in self._retry_handles,
+        }
 
     def _write(self, session: XmppSession, to: str, body: str, stanza_id: str, kind: str) -> None:
-        session.send_message(to, body, stanza_id, kind)
-        self._in_flight[session.name].add(stanza_id)
+        session.send_message(to, body, stanza_id, kind, receipt=stanza_id in self._wants_receipt)
+
+    async def confirm(self, stanza_id: str, timeout: float, *, receipt: bool = False) -> tuple[SendOutcome, str]:
+        """Wait (up to ``timeout``) for proof about a message ``submit`` accepted.
+
+        (SUCCESS, "") once the server acknowledged it; (DELIVERED, "") once the recipient's client
+        sent a receipt (``receipt``; SUCCESS if only the server confirmed in time); (FAILURE,
+        reason) if it bounced; (QUEUED, why) when nothing was proven in time: the row stays
+        pending and is sent on, as any QUEUED message."""
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is None:
+            raise KeyError(stanza_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        goal = waiting.delivered if receipt else waiting.acked
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(goal.wait(), timeout)
+            if not waiting.failed and not goal.is_set() and receipt and waiting.acked.is_set():
+                pass  # acked, no receipt in time: SUCCESS below
+            # a bounce usually follows the server's ack at once: give it a moment to arrive
+            if not waiting.failed and waiting.acked.is_set() and not receipt:
+                await asyncio.sleep(min(0.2, max(0.0, deadline - loop.time())))
+        finally:
+            self._confirmations.pop(stanza_id, None)
+            self._wants_receipt.discard(stanza_id)
+        if waiting.failed:
+            return SendOutcome.FAILURE, waiting.failed
+        if waiting.delivered.is_set():
+            return SendOutcome.DELIVERED, ""
+        if waiting.acked.is_set():
+            return SendOutcome.SUCCESS, ""
+        return SendOutcome.QUEUED, f"not confirmed by the server within {timeout:g} s (still queued)"
+
+    def forget_confirmation(self, stanza_id: str) -> None:
+        """The caller will not ``confirm()`` this id."""
+        self._confirmations.pop(stanza_id, None)
+        self._wants_receipt.discard(stanza_id)
 
     async def _resend_pending(self, account: str) -> None:
         """After a session comes online: send every pending row not in flight on this stream
         (all of them after a fresh session), with its original id."""
         session = self.sessions[account]
+        if not session.online:
+            return  # the next session_online starts a new resend
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
         # Acks not yet handed to storage are not in the query's view; later ones add themselves.
         acked = self._acked_during_resend[account] = set(self._ack_batch)
@@ -181,14 +301,19 @@ class XmppPool:
         # Groupchat rows need their room joined first, or the room rejects them: the join is
         # sent and confirmed before any of them is written (shared with the session's re-join).
         refused = await self._join_rooms_for(session, pending)
-        in_flight = self._in_flight[account]
+        delivery = session.delivery
         sent = 0
         for item in pending:
-            if item.stanza_id in in_flight or item.stanza_id in acked:
-                continue  # written on this stream already, or confirmed since the query
+            if delivery.on_stream(item.stanza_id) or item.stanza_id in acked or item.stanza_id in delivery.confirmed:
+                continue  # on this stream already, or confirmed (maybe not yet committed)
+            if item.stanza_id in self._retry_handles:
+                continue  # bounced with type wait: its back-off decides when
             if item.kind == "groupchat" and item.to_jid in refused:
                 continue  # stays pending: retried on the next fresh session, until outbox_ttl
             try:
+                await self._wait_window(session)
+                if delivery.on_stream(item.stanza_id) or item.stanza_id in delivery.confirmed:
+                    continue  # written from the waiting line meanwhile
                 self._write(session, item.to_jid, item.body, item.stanza_id, item.kind)
             except NotOnline:
                 break  # the stream dropped again; the next fresh session resumes the job
@@ -197,6 +322,30 @@ class XmppPool:
         if sent:
             self.counters.retransmitted += sent
             log.info("outbox_retransmitted", account=account, count=sent)
+
+    async def _wait_window(self, session: XmppSession) -> None:
+        """Until the session's window has room (raises NotOnline if the session goes away)."""
+        event = self._window_events[session.name]
+        while session.online and not session.delivery.can_write():
+            event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), 1.0)
+        if not session.online:
+            raise NotOnline(session.name)
+
+    def _drain_waiting(self, account: str) -> None:
+        """Write what waits for room, while there is room."""
+        session = self.sessions[account]
+        waiting = self._waiting[account]
+        delivery = session.delivery
+        while waiting and session.online and delivery.can_write():
+            stanza_id, to, body, kind = waiting.popleft()
+            if delivery.on_stream(stanza_id) or stanza_id in delivery.confirmed:
+                continue
+            try:
+                self._write(session, to, body, stanza_id, kind)
+            except NotOnline:
+                return
 
     async def _join_rooms_for(self, session: XmppSession, items: list[OutboxItem]) -> set[str]:
         """Join every room that pending groupchat rows go to; returns the rooms that refused."""
@@ -264,24 +413,22 @@ class XmppPool:
     # -- SessionListener ------------------------------------------------------------------------
 
     def session_online(self, account: str, *, resumed: bool) -> None:
-        if not resumed:
-            self._in_flight[account].clear()
+        # What waited for room is a pending row: the resend below writes it, in order.
+        self._waiting[account].clear()
         # Resumed too: what was QUEUED while the stream was down was never written on it, so
         # slixmpp has nothing to replay; _resend_pending skips what is in flight on this stream.
-        previous = self._resend_tasks.get(account)
-        if previous is not None and not previous.done():
-            previous.cancel()
-        self._resend_tasks[account] = asyncio.create_task(
-            self._resend_pending(account), name=f"outbox-resend-{account}"
-        )
+        # Supervised: a database error restarts it with back-off while the session is online
+        # (it used to end the resend, and QUEUED rows expired unsent).
+        self.supervisor.start(f"outbox-resend-{account}", lambda: self._resend_pending(account))
 
     def session_offline(self, account: str, *, reason: str) -> None:
+        self._waiting[account].clear()  # pending rows: resent when the session is back
+        self._window_events[account].set()
         log.info("pool_session_offline", account=account, reason=reason)
 
     def session_ended(self, account: str) -> None:
         # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
         self.presence.drop_presence(account)
-        self._in_flight[account].clear()
         for hook in self._presence_hooks:
             hook(account, None)
 
@@ -312,7 +459,12 @@ class XmppPool:
         ).add_done_callback(_log_archive_failure)
 
     def stanza_acked(self, account: str, stanza_id: str) -> None:
-        self._in_flight[account].discard(stanza_id)
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.acked.set()
+        self._window_events[account].set()
+        if self._waiting[account]:
+            self._drain_waiting(account)
         resend_view = self._acked_during_resend.get(account)
         if resend_view is not None:
             resend_view.add(stanza_id)
@@ -332,8 +484,74 @@ class XmppPool:
                 # keep the ids so the next confirmation's flush tries them again.
                 self._ack_batch[:0] = batch
                 log.error("outbox_ack_failed", count=len(batch), error=str(exc))
-                return
+                await asyncio.sleep(1.0)  # retried until the database answers again
+                continue
             self.counters.acked += count
+            for session in self.sessions.values():
+                session.delivery.forget(batch)
+
+    def stanza_bounced(
+        self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str
+    ) -> None:
+        """An error stanza for one of our messages: retry it later (wait) or mark it failed."""
+        permanent = error_type != "wait"
+        reason = f"{error_type}/{condition}" + (f": {text}" if text else "")
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.failed = reason
+            waiting.acked.set()
+            waiting.delivered.set()
+        if stanza_id in self._ack_batch:
+            self._ack_batch = [i for i in self._ack_batch if i != stanza_id]
+        if permanent:
+            self.counters.failed += 1
+        else:
+            self.counters.bounced_wait += 1
+        log.warning("outbox_bounced", account=account, stanza_id=stanza_id, error=reason,
+                    retry=not permanent)
+        task = asyncio.ensure_future(self._record_bounce(account, stanza_id, permanent, reason))
+        task.add_done_callback(_log_archive_failure)
+
+    def receipt_received(self, account: str, stanza_id: str) -> None:
+        """XEP-0184: the recipient's client confirmed one of our messages."""
+        waiting = self._confirmations.get(stanza_id)
+        if waiting is not None:
+            waiting.delivered.set()
+        self.counters.delivered += 1
+        task = asyncio.ensure_future(self.storage.archive_delivered(stanza_id))
+        task.add_done_callback(_log_archive_failure)
+
+    async def _record_bounce(self, account: str, stanza_id: str, permanent: bool, reason: str) -> None:
+        row = await self.storage.outbox_bounced(stanza_id, permanent=permanent, reason=reason)
+        if row is None or permanent or row.state != "pending":
+            return
+        # RFC 6120 §8.3.2 "wait": retry after waiting. Back-off from the attempts made so far.
+        delay = min(300.0, 5.0 * 2 ** min(row.attempts, 6))
+        previous = self._retry_handles.pop(stanza_id, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry_handles[stanza_id] = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self._retry_bounced(account, stanza_id))
+        )
+
+    async def _retry_bounced(self, account: str, stanza_id: str) -> None:
+        self._retry_handles.pop(stanza_id, None)
+        try:
+            row = await self.storage.outbox_get(stanza_id)
+        except StorageError as exc:
+            log.error("outbox_retry_failed", stanza_id=stanza_id, error=str(exc))
+            return
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.config.general.outbox_ttl)
+        if row is None or row.state != "pending" or row.created_at < cutoff:
+            return  # acked meanwhile, failed, or its time is up (the expiry marks it)
+        session = self.sessions[account]
+        try:
+            self._write(session, row.to_jid, row.body, row.stanza_id, row.kind)
+        except NotOnline:
+            return  # stays pending: the next session's resend writes it
+        await self.storage.outbox_attempted(stanza_id)
+        self.counters.retransmitted += 1
 
     # -- views for show commands, health and metrics --------------------------------------------
 
@@ -351,6 +569,9 @@ class XmppPool:
                     else round(now - session.connected_since, 1),
                     "reconnects": session.reconnects,
                     "last_error": session.last_error,
+                    "failure": session.failure,
+                    "retry_in": None if session.online or session.next_retry_delay is None
+                    else round(session.next_retry_delay, 1),
                     "rooms": sorted(session.joined_rooms()),
                     "inbox": len(self.inboxes[name]),
                 }

@@ -16,15 +16,34 @@ Theory of operation
 - We drive reconnection ourselves: slixmpp does not reconnect after an established session drops,
   and it has no timeout on stream negotiation, so every attempt runs under a watchdog
   (``negotiation_timeout``) and is aborted when it expires.
-- The back-off resets after a session that was established.
+- The back-off resets only after a session that stayed up ``stable_after`` seconds (10 s): two
+  instances replacing each other's session (``<conflict/>``, within a second or two) would
+  otherwise reconnect at once, forever; a real session that a link reset ends is longer.
+- Failures are named (``failure``): ``dns``, ``tcp``, ``tls`` (with the verification reason),
+  ``auth``, ``conflict``, ``policy-violation``, ``timeout``, ``stream``. Two are not transient
+  and wait far longer before the next try (``SLOW_RETRY``: 5 min doubling to 1 h): ``auth``
+  (a wrong password retried at the normal pace gets the PBX's address banned by ejabberd's
+  ``mod_fail2ban`` within minutes) and ``conflict`` (another client holds our full JID).
+  They also show as the state (``auth_failed``, ``conflict``) in /health and
+  ``show connections``. After a credential failure (RFC 6120 §6.5 ``not-authorized``) no other
+  SASL mechanism is tried: slixmpp would send the same wrong password again, in PLAIN.
 - One client object lives for the whole life of the account, so XEP-0198 can resume the stream
   after a TCP drop; ``session_resumed`` keeps presence, a real ``session_end`` drops it.
-- Delivery to the server is confirmed with a *barrier*: after each burst of messages we send a
-  XEP-0199 ping to our server; its reply proves the server has read every stanza we wrote before
-  it (a c2s stream is processed in order). This works the same with or without XEP-0198, which we
-  use for resumption. Confirmed stanza ids go to ``listener.stanza_acked``.
-- Keepalive: a ping to our server every ``keepalive_interval`` seconds; no answer within
-  ``keepalive_timeout`` aborts the link (a TCP connection that went silent without a FIN).
+- What the server has of our messages is decided by ``delivery.DeliveryTracker``, a pure state
+  machine; this module only feeds it what happens on the wire: a last outgoing filter reports
+  each of our messages as really written (with its XEP-0198 sequence number) or dropped by a
+  dead link, ``<a h>``/``<resumed h>`` report the server's count, and after each burst we
+  write a *barrier* (a XEP-0199 ping to our server) whose answer proves the server read every
+  message written before it on that link. Confirmed ids go to ``listener.stanza_acked``;
+  bounces (``<message type='error'>`` with our id) to ``listener.stanza_bounced``.
+- Keepalive: a ping to our server every ``keepalive_interval`` seconds. A link is dead only when
+  it makes no *progress* for ``keepalive_timeout``: no byte read, and nothing we wrote leaving
+  our buffers or the kernel's send queue (``TIOCOUTQ``). A server that reads us slowly (Debian's
+  stock Prosody: 10 kB/s) answers late but is alive; aborting it used to end in an endless
+  cycle of resumptions and duplicate copies.
+- A resumed stream that makes no progress within ``keepalive_timeout`` (plus the backlog's time
+  at 1 kB/s) is abandoned: the session ends (no further resumption attempt) and a fresh one
+  resends from the outbox. Debian's stock Prosody was seen to stop reading a resumed stream.
 """
 
 from __future__ import annotations
@@ -33,6 +52,7 @@ import asyncio
 import io
 import random
 import re
+import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -41,16 +61,22 @@ from typing import Protocol
 import slixmpp
 import structlog
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.plugins.xep_0198 import stanza as sm_stanza
+from slixmpp.stanza import Iq, Message
 from slixmpp.xmlstream import ET
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
 
 from .config import AccountConfig
-from .errors import InvalidJid, ScriptError
+from .delivery import DeliveryTracker, Stage
+from .errors import InvalidJid, NotOnline, RoomJoinFailed
 from .inbox import InboundMessage
 from .jid import Jid, parse_jid
 
 log = structlog.get_logger(__name__)
 
 MUC_NS = "http://jabber.org/protocol/muc"
+RECEIPTS_NS = "urn:xmpp:receipts"
 MUC_USER_NS = "http://jabber.org/protocol/muc#user"
 OOB_NS = "jabber:x:oob"
 _BARE_URL = re.compile(r"https?://[^\s<>\"]+")
@@ -68,14 +94,8 @@ class SessionListener(Protocol):
     ) -> None: ...
     def message_received(self, account: str, message: InboundMessage) -> None: ...
     def stanza_acked(self, account: str, stanza_id: str) -> None: ...
-
-
-class NotOnline(Exception):
-    """The session has no live stream right now."""
-
-
-class RoomJoinFailed(ScriptError):
-    """The room refused the join, or did not confirm it in time."""
+    def stanza_bounced(self, account: str, stanza_id: str, *, error_type: str, condition: str, text: str) -> None: ...
+    def receipt_received(self, account: str, stanza_id: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -112,6 +132,14 @@ def ssl_context_for(account: AccountConfig) -> ssl.SSLContext:
     return context
 
 
+# Bytes per second below which a link with a backlog counts as dead (the keepalive's patience).
+MIN_LINK_RATE = 1000.0
+# Failure classes whose next attempt waits SLOW_RETRY rather than the normal back-off.
+SLOW_RETRY = {"auth": (300.0, 3600.0), "conflict": (300.0, 3600.0)}
+# SASL failure conditions that mean "these credentials are wrong" (RFC 6120 §6.5).
+CREDENTIAL_FAILURES = {"not-authorized", "credentials-expired", "account-disabled"}
+
+
 @dataclass(slots=True)
 class _Room:
     nick: str
@@ -132,6 +160,7 @@ class XmppSession:
         keepalive_timeout: float = 20.0,
         resume_grace: float = 30.0,
         backoff: Backoff | None = None,
+        stable_after: float = 10.0,
     ) -> None:
         self.account = account
         self.name = account.name
@@ -140,20 +169,33 @@ class XmppSession:
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._resume_grace = resume_grace
+        self._server_resume_max: float | None = None  # <enabled max='…'/>: how long it keeps us
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
+        self._slow_backoff: dict[str, Backoff] = {
+            kind: Backoff(initial=first, cap=cap) for kind, (first, cap) in SLOW_RETRY.items()
+        }
+        self._stable_after = stable_after
+        self.failure = ""  # the class of the last failure (module docstring), "" while online
+        self.next_retry_delay: float | None = None
+        self.auth_attempts = 0  # SASL exchanges that failed, over the account's life
         self._client: slixmpp.ClientXMPP | None = None
         self.state = "stopped"
         self.last_error = ""
         self.connected_since: float | None = None
         self.reconnects = 0
+        self.resumptions = 0
         self._stopping = False
         self._attempt: asyncio.Future[bool] | None = None
         self._tcp_connected = False  # this attempt reached the server's port
         self._link_down = asyncio.Event()
         self._rooms: dict[str, _Room] = {}
-        self._unconfirmed: list[str] = []
+        self.delivery = DeliveryTracker()
+        self._barrier_ids: set[str] = set()
+        self._barrier_count = 0
         self._barrier_task: asyncio.Task[None] | None = None
+        self._resume_watch: asyncio.Future[None] | None = None
+        self._bytes_in = 0
         self._keepalive_task: asyncio.Task[None] | None = None
         self._jid = parse_jid(account.username)
         self.log = log.bind(account=self.name)
@@ -188,15 +230,28 @@ class XmppSession:
         """Connect, stay connected, reconnect with back-off, until ``stop()``."""
         self._client = self._build_client()
         try:
+            loop = asyncio.get_running_loop()
             while not self._stopping:
                 if await self._connect_once():
-                    self._backoff.reset()
+                    started = loop.time()
                     await self._link_down.wait()
                     self.reconnects += 1
+                    if loop.time() - started >= self._stable_after:
+                        self._backoff.reset()
+                        for slow in self._slow_backoff.values():
+                            slow.reset()
                 if self._stopping:
                     break
-                delay = self._backoff.next_delay()
-                self.log.info("xmpp_reconnect_scheduled", delay=round(delay, 2), reason=self.last_error)
+                slow = self._slow_backoff.get(self.failure)
+                delay = slow.next_delay() if slow is not None else self._backoff.next_delay()
+                self.next_retry_delay = delay
+                if self.failure == "auth":
+                    self.state = "auth_failed"
+                elif self.failure == "conflict":
+                    self.state = "conflict"
+                log_at = self.log.warning if slow is not None else self.log.info
+                log_at("xmpp_reconnect_scheduled", delay=round(delay, 2), failure=self.failure or "link",
+                       reason=self.last_error)
                 await asyncio.sleep(delay)
         finally:
             self._cancel_helpers()
@@ -223,6 +278,7 @@ class XmppSession:
         self._attempt = loop.create_future()
         self._link_down.clear()
         self.state = "connecting"
+        self.failure = ""
         host = self.account.serverhost
         port = self.account.port if host else None
         self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
@@ -235,17 +291,25 @@ class XmppSession:
         except (TimeoutError, ConnectionError) as exc:
             silent = self._silent_peer() if isinstance(exc, TimeoutError) else ""
             if silent:  # a hung XMPP server, or something else that accepts and says nothing
-                self.last_error = (f"stream negotiation timed out: {silent} sent no XMPP stream "
-                                   f"within {self._negotiation_timeout:g} s (is it an XMPP server?)")
-            else:
-                self.last_error = str(exc) or "stream negotiation timed out"
-            self.log.warning("xmpp_connect_failed", error=self.last_error)
+                self._fail("timeout", f"stream negotiation timed out: {silent} sent no XMPP stream "
+                           f"within {self._negotiation_timeout:g} s (is it an XMPP server?)")
+            elif isinstance(exc, TimeoutError) or not self.failure:
+                self._fail("timeout" if isinstance(exc, TimeoutError) else "stream",
+                           str(exc) or "stream negotiation timed out", keep_class=True)
+            self.log.warning("xmpp_connect_failed", failure=self.failure, error=self.last_error)
             self._client.cancel_connection_attempt()
             self._client.abort()
             self.state = "offline"
             return False
         finally:
             self._attempt = None
+
+    def _fail(self, failure: str, reason: str, *, keep_class: bool = False) -> None:
+        """Record a failure of class ``failure`` (a class already named this attempt wins when
+        ``keep_class``: a TLS error is also a disconnect, an auth failure also a stream end)."""
+        if not (keep_class and self.failure):
+            self.failure = failure
+        self.last_error = reason if failure == self.failure else self.last_error
 
     def _attempt_failed(self, reason: str) -> None:
         if self._attempt is not None and not self._attempt.done():
@@ -261,11 +325,21 @@ class XmppSession:
         if account.forceoldssl:
             client.enable_starttls = False
             client.enable_direct_tls = True
-        else:
+            client.enable_plaintext = False
+        elif account.usetls:
             client.enable_direct_tls = False
             client.enable_starttls = True
-        # usetls=no allows a plaintext stream when the server offers no TLS; we never refuse TLS.
-        client.enable_plaintext = not account.usetls
+            client.enable_plaintext = False
+        else:
+            # usetls=no, as in res_xmpp: a plaintext stream, even if the server offers STARTTLS.
+            # slixmpp refuses SCRAM and PLAIN on an unencrypted stream unless told otherwise.
+            client.enable_direct_tls = False
+            client.enable_starttls = False
+            client.enable_plaintext = True
+        if not account.usetls and not account.forceoldssl:
+            mechanisms = client.plugin["feature_mechanisms"]
+            mechanisms.unencrypted_scram = True
+            mechanisms.unencrypted_plain = True
         client.register_plugin("xep_0030")
         client.register_plugin("xep_0199", {"keepalive": False})  # answers server pings
         client.register_plugin("xep_0198", {"allow_resume": True})
@@ -284,15 +358,36 @@ class XmppSession:
             "session_end": self._on_session_end,
             "disconnected": self._on_disconnected,
             "connection_failed": self._on_connection_failed,
+            "failed_auth": self._on_auth_attempt_failed,
+            "sm_enabled": self._on_sm_enabled,
             "failed_all_auth": self._on_auth_failed,
+            "ssl_invalid_chain": self._on_tls_failed,
             "stream_error": self._on_stream_error,
             "roster_update": self._on_roster_update,
             "presence": self._on_presence,
             "message": self._on_message,
+            "message_error": self._on_message_error,
         }
         handlers["connected"] = self._on_tcp_connected
         for event, handler in handlers.items():
             client.add_event_handler(event, self._guarded(handler))
+        # Runs after every other outgoing filter (XEP-0198's numbering is 'out_sync'), right
+        # before slixmpp writes the stanza: the one place that knows whether it hit a live link.
+        client.add_filter("out_sce", self._observe_write)
+        receive = client.data_received
+
+        def count_and_receive(data: bytes) -> None:
+            self._bytes_in += len(data)  # liveness: any byte read is progress
+            receive(data)
+
+        client.data_received = count_and_receive  # type: ignore[method-assign]
+        client.register_handler(
+            Callback("agi-xmpp receipt", MatchXPath(f"{{jabber:client}}message/{{{RECEIPTS_NS}}}received"),
+                     self._on_receipt)
+        )
+        client.register_handler(
+            Callback("agi-xmpp sm ack", MatchXPath(sm_stanza.Ack.tag_name()), self._on_sm_ack, instream=True)
+        )
         return client
 
     def _on_tcp_connected(self, _event: object) -> None:
@@ -310,6 +405,41 @@ class XmppSession:
             return ""
         host = self.account.serverhost
         return f"{host}:{self.account.port}" if host else self._jid.domain
+
+    def _observe_write(self, stanza: object) -> object | None:
+        """Tell the tracker what is about to be written; drop what a dead link would drop."""
+        client = self._client
+        if isinstance(stanza, Message):
+            stanza_id = stanza["id"]
+            if self.delivery.stage(stanza_id) is Stage.HANDED:
+                if client is None or client.transport is None:
+                    # slixmpp would raise NotConnectedError and forget it: the pool writes it again
+                    self.delivery.not_written(stanza_id)
+                    return None
+                sm = client.plugin["xep_0198"]
+                self.delivery.written(stanza_id, sm.seq if sm.enabled_out else None)
+        elif isinstance(stanza, Iq) and stanza["id"] in self._barrier_ids:
+            if client is None or client.transport is None:
+                return None  # its send() times out; the coverage goes to the next barrier
+            self.delivery.barrier_written(stanza["id"])
+        return stanza
+
+    def _on_sm_enabled(self, enabled: object) -> None:
+        try:
+            self._server_resume_max = float(enabled["max"]) if enabled["max"] else None  # type: ignore[index]
+        except (TypeError, ValueError):
+            self._server_resume_max = None
+
+    def _on_sm_ack(self, ack: object) -> None:
+        try:
+            h = int(ack["h"])  # type: ignore[index]
+        except (TypeError, ValueError):
+            return
+        self._report_acked(self.delivery.sm_acked(h))
+
+    def _report_acked(self, stanza_ids: list[str]) -> None:
+        for stanza_id in stanza_ids:
+            self._listener.stanza_acked(self.name, stanza_id)
 
     def _guarded(self, handler: Callable) -> Callable:
         """Log, never raise: an exception escaping a slixmpp handler sends an error stanza."""
@@ -347,7 +477,20 @@ class XmppSession:
             state.waiter = None  # a join sent on the old stream will never be answered
             asyncio.ensure_future(self._rejoin(room, state.nick)).add_done_callback(self._log_task_error)
 
-    def _on_session_resumed(self, _event: object) -> None:
+    def _on_session_resumed(self, resumed: object) -> None:
+        self.resumptions += 1
+        watch = asyncio.ensure_future(self._watch_resumed(self._progress_mark()))
+        watch.add_done_callback(self._log_task_error)
+        self._resume_watch = watch
+        try:
+            h = int(resumed["h"])  # type: ignore[index]
+        except (TypeError, ValueError, KeyError):
+            h = None
+        if h is not None:
+            confirmed, _rewrite = self.delivery.resumed(h)
+            self._report_acked(confirmed)
+        # The pool's resend (from session_online) writes what the dead link dropped: the tracker
+        # no longer counts those as on the stream.
         self._go_online(resumed=True)
         # slixmpp re-sent its unacked stanzas; confirm them with a fresh barrier.
         self._schedule_barrier()
@@ -359,6 +502,8 @@ class XmppSession:
             self._give_up_timer = None
         self.state = "online"
         self.last_error = ""
+        self.failure = ""
+        self.next_retry_delay = None
         self.connected_since = loop.time()
         self.log.info("xmpp_session_online", resumed=resumed)
         if self._keepalive_task is None or self._keepalive_task.done():
@@ -369,21 +514,25 @@ class XmppSession:
 
     def _on_session_end(self, _event: object) -> None:
         """The stream is gone for good (not resumable): everything tied to it is stale."""
-        self._unconfirmed.clear()
+        self.delivery.session_ended()
         for state in self._rooms.values():
             state.joined = False
         self._listener.session_ended(self.name)
 
     def _on_disconnected(self, reason: object) -> None:
         was_online = self.state == "online"
-        self.state = "offline"
+        if self.state not in ("auth_failed", "conflict"):  # named by run(): keep the name
+            self.state = "offline"
         self.connected_since = None
-        if reason:
-            self.last_error = str(reason)
+        if isinstance(reason, ssl.SSLError):
+            self._fail("tls", f"TLS: {_tls_reason(reason)}")
+        elif reason and not self.failure:
+            self._fail("tcp" if isinstance(reason, OSError) else "stream", str(reason))
         silent = self._silent_peer()
         if silent:
-            self.last_error = (f"{silent} closed the connection without starting an XMPP stream: "
-                               "not an XMPP server (wrong host or port?)")
+            self._fail("stream", f"{silent} closed the connection without starting an XMPP stream: "
+                       "not an XMPP server (wrong host or port?)")
+        self.delivery.link_lost()
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
         if was_online:
@@ -391,7 +540,11 @@ class XmppSession:
             self._listener.session_offline(self.name, reason=self.last_error)
             if not self._stopping:
                 loop = asyncio.get_running_loop()
-                self._give_up_timer = loop.call_later(self._resume_grace, self._give_up_resumption)
+                # The server keeps a detached stream for the max it advertised (XEP-0198 §5;
+                # Debian's ejabberd: 300 s): resuming within it keeps presence and replays
+                # nothing twice, so give up only after it, or our own grace if it said nothing.
+                grace = max(self._resume_grace, self._server_resume_max or 0.0)
+                self._give_up_timer = loop.call_later(grace, self._give_up_resumption)
         self._link_down.set()
 
     def _give_up_resumption(self) -> None:
@@ -408,22 +561,58 @@ class XmppSession:
         self._client.event("session_end")
 
     def _on_connection_failed(self, error: object) -> None:
-        self.last_error = f"connection failed: {error}"
+        text = str(error)
+        if isinstance(error, socket.gaierror) or text.startswith("No DNS record"):
+            self._fail("dns", f"DNS: {text}")
+        elif isinstance(error, ssl.SSLError):
+            self._fail("tls", f"TLS: {_tls_reason(error)}")
+        else:
+            self._fail("tcp", f"TCP connection failed: {text}")
         self._attempt_failed(self.last_error)
 
+    def _on_tls_failed(self, error: object) -> None:
+        self._fail("tls", f"TLS: {_tls_reason(error)}")
+        self._attempt_failed(self.last_error)
+
+    def _on_auth_attempt_failed(self, failure: object) -> None:
+        """One SASL exchange failed. A credential failure ends the attempt: no other mechanism."""
+        self.auth_attempts += 1
+        condition = failure["condition"] if failure is not None else ""  # type: ignore[index]
+        text = failure["text"] if failure is not None else ""  # type: ignore[index]
+        if condition in CREDENTIAL_FAILURES and self._client is not None:
+            mechanisms = self._client.plugin["feature_mechanisms"]
+            # slixmpp's _handle_fail calls _send_auth() right after this event; with every
+            # offered mechanism marked as tried it gives up (failed_all_auth) and disconnects.
+            mechanisms.attempted_mechs.update(mechanisms.mech_list)
+        self._fail("auth", f"authentication failed: {condition or 'refused'}" + (f" ({text})" if text else ""))
+
     def _on_auth_failed(self, _event: object) -> None:
-        self.last_error = "authentication failed"
+        if self.failure != "auth" and not self.encrypted and self.account.usetls:
+            # No mechanism was allowed because the stream is not encrypted: the server offered
+            # no STARTTLS. That is a TLS problem, not a wrong password.
+            self._fail("tls", "TLS: the server offered no STARTTLS (set usetls = no to allow plaintext)")
+        elif self.failure != "auth":
+            self._fail("auth", "authentication failed: no usable SASL mechanism")
         self._attempt_failed(self.last_error)
 
     def _on_stream_error(self, error: object) -> None:
-        condition = getattr(error, "get", lambda *_: None)("condition") or "stream error"
-        self.last_error = f"stream error: {condition}"
+        condition = error["condition"] if error is not None else ""  # type: ignore[index]
+        text = error["text"] if error is not None else ""  # type: ignore[index]
+        detail = f"stream error: {condition or 'undefined'}" + (f" ({text})" if text else "")
+        if condition == "conflict":
+            # RFC 6120 §4.9.3.3: another session bound our full JID and replaced this one.
+            self._fail("conflict", f"{detail}: another client uses {self._jid.bare}/{self.account.resource}")
+        elif condition == "policy-violation":
+            self._fail("policy-violation", detail)
+        else:
+            self._fail("stream", detail)
+        self.log.warning("xmpp_stream_error", failure=self.failure, error=self.last_error)
 
     def _cancel_helpers(self) -> None:
-        for task in (self._keepalive_task, self._barrier_task):
+        for task in (self._keepalive_task, self._barrier_task, self._resume_watch):
             if task is not None and not task.done():
                 task.cancel()
-        self._keepalive_task = self._barrier_task = None
+        self._keepalive_task = self._barrier_task = self._resume_watch = None
 
     # -- roster and presence --------------------------------------------------------------------
 
@@ -499,6 +688,16 @@ class XmppSession:
 
     # -- messages -------------------------------------------------------------------------------
 
+    def _on_receipt(self, msg: object) -> None:
+        """XEP-0184: the recipient's client has our message (a receipt carries no body, so
+        slixmpp's 'message' event, which needs one, never sees it)."""
+        try:
+            received = msg.xml.find(f"{{{RECEIPTS_NS}}}received")  # type: ignore[attr-defined]
+            if received is not None and received.get("id"):
+                self._listener.receipt_received(self.name, received.get("id"))
+        except Exception:  # noqa: BLE001 - never let a handler raise into slixmpp
+            self.log.exception("xmpp_handler_failed", handler="receipt")
+
     def _on_message(self, msg: object) -> None:
         kind = msg["type"] or "normal"  # type: ignore[index]
         if kind not in ("chat", "normal", "groupchat"):
@@ -525,8 +724,10 @@ class XmppSession:
             ),
         )
 
-    def send_message(self, to: str, body: str, stanza_id: str, kind: str = "chat") -> None:
-        """Write one message on the live stream; confirmation arrives via ``stanza_acked``."""
+    def send_message(self, to: str, body: str, stanza_id: str, kind: str = "chat", *, receipt: bool = False) -> None:
+        """Write one message on the live stream; confirmation arrives via ``stanza_acked``.
+
+        ``receipt`` asks the recipient's client for a XEP-0184 receipt (``receipt_received``)."""
         if not self.online or self._client is None:
             raise NotOnline(self.name)
         message = self._client.make_message(mto=to, mbody=body, mtype=kind)
@@ -536,52 +737,153 @@ class XmppSession:
             # what Conversations, Gajim and Dino need to show a shared file inline.
             oob = ET.SubElement(message.xml, f"{{{OOB_NS}}}x")
             ET.SubElement(oob, f"{{{OOB_NS}}}url").text = body
+        if receipt:
+            message.append(ET.Element(f"{{{RECEIPTS_NS}}}request"))
+        self.delivery.handed(stanza_id, size=len(body.encode()))
         message.send()
-        self._unconfirmed.append(stanza_id)
         self._schedule_barrier()
+
+    def _on_message_error(self, msg: object) -> None:
+        """A bounce of one of our messages: the server (or the recipient's) refused it."""
+        stanza_id = msg["id"] or ""  # type: ignore[index]
+        if not stanza_id or self.delivery.stage(stanza_id) is None and not stanza_id.startswith("agx-"):
+            return
+        error = msg["error"]  # type: ignore[index]
+        self.delivery.bounced(stanza_id)
+        self._listener.stanza_bounced(
+            self.name,
+            stanza_id,
+            error_type=error["type"] or "cancel",
+            condition=error["condition"] or "undefined-condition",
+            text=error["text"] or "",
+        )
 
     def _schedule_barrier(self) -> None:
         if self._barrier_task is None or self._barrier_task.done():
             self._barrier_task = asyncio.ensure_future(self._barrier())
 
     async def _barrier(self) -> None:
-        """Ping our server until every id written so far is confirmed; one ping in flight."""
-        while self._unconfirmed and self.online and self._client is not None:
-            batch, self._unconfirmed = self._unconfirmed, []
+        """Ping our server until every message written so far is covered; one ping in flight.
+
+        The ping is observed by ``_observe_write`` as it is written, so it covers exactly the
+        messages written before it on this link (``DeliveryTracker.barrier_written``)."""
+        idle_rounds = 0
+        while self.online and self._client is not None:
+            if not self.delivery.needs_barrier():
+                # Nothing written since the last barrier. Messages still in slixmpp's queue are
+                # written shortly; wait for them rather than end with them uncovered.
+                if not self.delivery.in_send_queue() or idle_rounds >= 500:
+                    return
+                idle_rounds += 1
+                await asyncio.sleep(0.01)
+                continue
+            idle_rounds = 0
+            client = self._client
+            self._barrier_count += 1
+            token = f"agx-barrier-{self._barrier_count}"
+            iq = client.Iq()
+            iq["type"] = "get"
+            iq["to"] = client.boundjid.domain
+            iq["id"] = token
+            iq.enable("ping")
+            self._barrier_ids.add(token)
             try:
-                await self._client.plugin["xep_0199"].send_ping(
-                    self._client.boundjid.domain, timeout=self._keepalive_timeout
-                )
+                # Generous: a barrier decides nothing about liveness (the keepalive does), and on
+                # a slow link its answer comes late, not never.
+                await iq.send(timeout=max(120.0, self._keepalive_timeout))
             except IqError:
                 pass  # an error reply is still a reply: the server read everything before it
             except IqTimeout:
-                # Keep the ids and ping again while the stream is up (raising here left an
-                # unretrieved task exception and the batch unconfirmed until the next send);
-                # a dead link is the keepalive's to drop, and the rows are resent after it.
-                self._unconfirmed[:0] = batch
+                # Ping again while the stream is up; a dead link is the keepalive's to drop.
+                self.delivery.barrier_lost(token)
                 continue
-            except asyncio.CancelledError:
-                self._unconfirmed[:0] = batch
-                raise
-            for stanza_id in batch:
-                self._listener.stanza_acked(self.name, stanza_id)
+            finally:
+                self._barrier_ids.discard(token)
+            self._report_acked(self.delivery.barrier_answered(token))
 
     async def _keepalive(self) -> None:
         client = self._client
         assert client is not None
         while True:
             await asyncio.sleep(self._keepalive_interval)
+            iq = client.Iq()
+            iq["type"] = "get"
+            iq["to"] = client.boundjid.domain
+            iq.enable("ping")
+            answer = asyncio.ensure_future(iq.send(timeout=3600))
+            loop = asyncio.get_running_loop()
+            mark = self._progress_mark()
+            last_progress = loop.time()
             try:
-                await client.plugin["xep_0199"].send_ping(
-                    client.boundjid.domain, timeout=self._keepalive_timeout
-                )
-            except IqError:
-                continue
-            except IqTimeout:
-                self.log.warning("xmpp_keepalive_timeout")
-                self.last_error = "keepalive ping timed out"
-                client.abort()
-                return
+                while True:
+                    done, _ = await asyncio.wait({answer}, timeout=self._keepalive_timeout)
+                    if done:
+                        break
+                    now = self._progress_mark()
+                    if _progressed(mark, now):
+                        mark, last_progress = now, loop.time()  # slow, not dead: keep waiting
+                        continue
+                    # On loopback or a LAN the backlog sits in the server's receive buffer,
+                    # invisible to us, and a rate-limited server (mod_limits) pauses reading
+                    # for seconds: allow what we still owe it at MIN_LINK_RATE on top.
+                    allowed = self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
+                    if loop.time() - last_progress < allowed:
+                        continue
+                    self.log.warning("xmpp_keepalive_timeout", silent_for=round(loop.time() - last_progress, 1))
+                    self._fail("timeout", "keepalive: no progress on the link")
+                    client.abort()
+                    return
+            finally:
+                if not answer.done():
+                    answer.cancel()
+                elif not answer.cancelled():
+                    answer.exception()  # IqError is an answer too; retrieve it
+
+    def _progress_mark(self) -> tuple[int, int]:
+        """(bytes read so far, bytes still waiting to leave us): see ``_progressed``."""
+        client = self._client
+        transport = client.transport if client is not None else None
+        pending = 0
+        if transport is not None:
+            try:
+                pending = transport.get_write_buffer_size()
+            except (AttributeError, RuntimeError):
+                pending = 0
+            pending += _kernel_send_queue(transport.get_extra_info("socket"))
+        return self._bytes_in, pending
+
+    async def _watch_resumed(self, mark: tuple[int, int]) -> None:
+        """Abandon a resumed stream that makes no progress (stock Prosody may stop reading it)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(0)  # after session_resumed's handlers: the stream counts as online
+        client = self._client
+        if client is None:
+            return
+        # Ask for an answer, so that a healthy but quiet stream shows progress too.
+        iq = client.Iq()
+        iq["type"] = "get"
+        iq["to"] = client.boundjid.domain
+        iq.enable("ping")
+        probe = asyncio.ensure_future(iq.send(timeout=3600))
+        try:
+            while True:
+                await asyncio.sleep(self._keepalive_timeout)
+                client = self._client
+                if client is None or not self.online or _progressed(mark, self._progress_mark()):
+                    return  # the server reads and answers the resumed stream: the keepalive's now
+                allowed = self._keepalive_timeout + self.delivery.unconfirmed_bytes() / MIN_LINK_RATE
+                if loop.time() - started >= allowed:
+                    break
+        finally:
+            if not probe.done():
+                probe.cancel()
+            elif not probe.cancelled():
+                probe.exception()
+        self.log.warning("xmpp_resumed_stream_stalled")
+        self._fail("timeout", "resumed stream made no progress")
+        client.event("session_end")  # no further resumption: a fresh session resends the outbox
+        client.abort()
 
     async def upload(self, name: str, data: bytes, content_type: str, timeout: float = 30.0) -> str:
         """XEP-0363: upload ``data`` to the upload service found by service discovery on the
@@ -722,3 +1024,30 @@ class XmppSession:
             return []
         roster = self._client.client_roster
         return [(jid, roster[jid]["subscription"]) for jid in roster.keys()]
+
+
+def _tls_reason(error: object) -> str:
+    """The verification reason of a TLS failure (e.g. 'self-signed certificate'), else its text."""
+    reason = getattr(error, "reason", None)  # e.g. CERTIFICATE_VERIFY_FAILED
+    detail = getattr(error, "verify_message", None)  # e.g. self-signed certificate
+    if reason and detail:
+        return f"{reason}: {detail}"
+    return str(reason or detail or error)
+
+
+def _progressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """Bytes were read, or some of what waited to leave us has left (the peer is reading)."""
+    return after[0] > before[0] or after[1] < before[1]
+
+
+def _kernel_send_queue(sock: object) -> int:
+    """Bytes in the socket's kernel send queue not yet acknowledged by the peer (Linux), else 0."""
+    try:
+        import fcntl
+        import termios
+
+        fileno = sock.fileno()  # type: ignore[attr-defined]
+        buf = fcntl.ioctl(fileno, termios.TIOCOUTQ, b"\0\0\0\0")
+        return int.from_bytes(buf, "little", signed=True)
+    except (AttributeError, ImportError, OSError, ValueError):
+        return 0

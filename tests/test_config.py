@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agi_xmpp.config import (
+    default_resource,
     AccountConfig,
     AmiConfig,
     BindAddress,
@@ -105,7 +106,7 @@ def test_account_defaults_match_res_xmpp(tmp_path: Path) -> None:
     assert account.auth_policy == "accept"
     assert account.tls_verify and account.cafile is None
     assert account.buddies == ()
-    assert account.resource == "asterisk"
+    assert account.resource == default_resource() and default_resource().startswith("asterisk-")
 
 
 def test_missing_file_is_reported(tmp_path: Path) -> None:
@@ -437,7 +438,7 @@ def test_resource_comes_from_username(tmp_path: Path) -> None:
     )
     assert config.accounts["a"].resource == "desk"
     assert config.accounts["a"].bare_jid == "a@example.com"
-    assert config.accounts["b"].resource == "asterisk"
+    assert config.accounts["b"].resource == default_resource()
 
 
 def test_contradicting_resource_is_refused(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from agi_xmpp.http_api import KEEPALIVE_TIMEOUT, SERVICES, start_http
 from agi_xmpp.presence import PresenceCache
 from agi_xmpp.services import Services
 from agi_xmpp.storage import AsyncStorage, Storage
+from agi_xmpp.supervisor import Supervisor
 from agi_xmpp.xmpp_pool import PoolCounters, SendOutcome
 
 
@@ -40,10 +41,15 @@ class FakePool:
     sessions: dict = field(default_factory=dict)
     inboxes: dict = field(default_factory=dict)
     counters: PoolCounters = field(default_factory=PoolCounters)
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     async def send(self, account: str, to, body: str) -> SendOutcome:
         self.sent.append((account, to.bare, body))
         return SendOutcome.SUCCESS
+
+    async def submit(self, account: str, to, body: str, kind: str = "chat", **_options) -> tuple[SendOutcome, str]:
+        """The pool's send-and-return-the-id entry point (what POST /api/messages calls)."""
+        return await self.send(account, to, body), f"agx-test-{len(self.sent)}"
 
     def connections(self) -> list:
         return []
@@ -136,7 +142,7 @@ async def test_bearer_scheme_is_case_insensitive(api, scheme):
     """RFC 7235 §2.1: the auth scheme is case-insensitive; the token is not."""
     status, reply = await api.request("POST", "/api/messages", json_body=MESSAGE,
                                       headers={"Authorization": f"{scheme} {api.token}"})
-    assert (status, reply) == (200, {"status": "SUCCESS"})
+    assert (status, reply["status"]) == (200, "SUCCESS")
     status, _ = await api.request("POST", "/api/messages", json_body=MESSAGE,
                                   headers={"Authorization": f"{scheme} {api.token.upper()}x"})
     assert status == 401

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PURE_MODULES = ["agi_protocol", "jid", "values", "presence", "inbox", "archive_quota", "errors", "config", "conf_dialect"]
+PURE_MODULES = ["agi_protocol", "jid", "values", "presence", "inbox", "archive_quota", "errors", "config", "conf_dialect", "delivery"]
 FORBIDDEN = ["asyncio", "slixmpp", "panoramisk", "aiohttp", "sqlalchemy"]
 
 # Runs in a fresh interpreter: a meta path finder placed first records (and refuses) every

@@ -111,7 +111,8 @@ def test_readme_quick_start_as_written(tmp_path):
     by_word = {word: next(s["output"] for c, s in outputs.items() if word in c)
                for word in ("show connections", "send demo", "directory list", "curl")}
     assert "[demo] asterisk@localhost" in by_word["show connections"] and "- Connected" in by_word["show connections"], context
-    assert by_word["send demo"].strip() == "SUCCESS", context
+    sent = by_word["send demo"].splitlines()
+    assert sent[0] == "SUCCESS" and sent[1].startswith("message id agx-"), context
     assert [line.split()[:2] for line in by_word["directory list"].splitlines()] == [
         ["101", "alice@localhost"], ["102", "bob@localhost"]], context
     assert json.loads(by_word["curl"]) == {"status": "ok", "accounts": {"demo": "online"}}, context

@@ -360,6 +360,66 @@ def test_outbox_attempted(storage: Storage) -> None:
     assert item.attempts == 2
 
 
+def test_outbox_bounced_permanent_marks_failed_and_no_late_ack_undoes_it(storage: Storage) -> None:
+    """A permanent bounce makes the row failed with its reason, even after an ack; purge drops it."""
+    storage.outbox_add("work", "bob@example.com", "hi", "id-bad")
+    storage.outbox_acked(["id-bad"])
+    item = storage.outbox_bounced("id-bad", permanent=True, reason="cancel/service-unavailable: gone")
+    assert item.state is OutboxState.FAILED and item.acked_at is None
+    assert item.last_error == "cancel/service-unavailable: gone"
+    assert storage.outbox_acked(["id-bad"]) == 0
+    assert storage.outbox_get("id-bad").state is OutboxState.FAILED
+    assert storage.outbox_pending("work", LONG_AGO) == []
+    assert storage.outbox_bounced("no-such-id", permanent=True, reason="x") is None
+    assert storage.outbox_purge(_now() + timedelta(seconds=1)) == 1
+
+
+def test_outbox_bounced_wait_makes_the_row_pending_again(storage: Storage) -> None:
+    """A 'wait' bounce turns an acked row back to pending (to be retried), keeping the reason."""
+    storage.outbox_add("work", "bob@example.com", "hi", "id-wait")
+    storage.outbox_acked(["id-wait"])
+    item = storage.outbox_bounced("id-wait", permanent=False, reason="wait/resource-constraint")
+    assert item.state is OutboxState.PENDING
+    [pending] = storage.outbox_pending("work", LONG_AGO)
+    assert pending.stanza_id == "id-wait" and pending.last_error == "wait/resource-constraint"
+
+
+def test_outbox_table_from_before_the_failed_state_is_upgraded(tmp_path: Path) -> None:
+    """create_all() upgrades an old SQLite outbox (no failed state, no last_error), rows kept."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE outbox (id INTEGER NOT NULL, account VARCHAR(255) NOT NULL,"
+            " to_jid VARCHAR(3071) NOT NULL, body TEXT NOT NULL, kind VARCHAR(16) NOT NULL,"
+            " stanza_id VARCHAR(255) NOT NULL, state VARCHAR(16) NOT NULL, attempts INTEGER NOT NULL,"
+            " created_at DATETIME NOT NULL, acked_at DATETIME,"
+            " CONSTRAINT pk_outbox PRIMARY KEY (id), CONSTRAINT uq_outbox_stanza_id UNIQUE (stanza_id),"
+            " CONSTRAINT ck_outbox_kind CHECK (kind IN ('chat', 'groupchat')),"
+            " CONSTRAINT ck_outbox_state CHECK (state IN ('pending', 'acked', 'expired')));"
+            "CREATE INDEX ix_outbox_account_state_id ON outbox (account, state, id);"
+            "CREATE INDEX ix_outbox_state_created_at ON outbox (state, created_at);"
+            "INSERT INTO outbox VALUES (1, 'work', 'bob@example.com', 'kept', 'chat', 'id-old',"
+            " 'pending', 0, '2030-01-01 00:00:00.000000', NULL);"
+            "CREATE TABLE message_archive (id INTEGER NOT NULL, direction VARCHAR(3) NOT NULL,"
+            " account VARCHAR(255) NOT NULL, peer VARCHAR(3071) NOT NULL, body TEXT NOT NULL,"
+            " stanza_id VARCHAR(255), created_at DATETIME NOT NULL, CONSTRAINT pk_message_archive"
+            " PRIMARY KEY (id));"
+            "INSERT INTO message_archive VALUES (1, 'out', 'work', 'bob@example.com', 'kept',"
+            " 'id-old', '2030-01-01 00:00:00.000000');"
+        )
+    store = Storage(f"sqlite:///{path}")
+    try:
+        store.create_all()
+        assert store.outbox_get("id-old").body == "kept"
+        assert store.outbox_bounced("id-old", permanent=True, reason="gone").state is OutboxState.FAILED
+        assert store.archive_delivered("id-old") == 1
+        store.create_all()  # idempotent
+    finally:
+        store.close()
+
+
 def test_outbox_expire(storage: Storage) -> None:
     """outbox_expire turns only old pending rows into expired; a late ack still wins."""
     storage.outbox_add("work", "bob@example.com", "old", "id-old")
@@ -488,6 +548,16 @@ def test_timestamps_are_aware_utc(storage: Storage) -> None:
 
 
 # -- archive ---------------------------------------------------------------------------------------
+
+
+def test_archive_delivered_records_the_receipt_once(storage: Storage) -> None:
+    """A XEP-0184 receipt sets delivered_at on the outgoing message with that id, once."""
+    storage.archive_add("out", "work", "bob@example.com", "hi", "id-r")
+    assert storage.archive_delivered("id-r") == 1
+    assert storage.archive_delivered("id-r") == 0
+    assert storage.archive_delivered("unknown") == 0
+    [archived] = storage.archive_recent("work", "bob@example.com")
+    assert archived.delivered_at is not None
 
 
 def test_archive_recent_returns_last_n_oldest_first(storage: Storage) -> None:

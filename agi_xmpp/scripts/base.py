@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..agi_channel import Channel
 from ..agi_protocol import check_variable_name, quote
 from ..agi_registry import ScriptRegistry
-from ..errors import ChannelGone, LocalProtocolError, ScriptError
+from ..errors import ChannelGone, LocalProtocolError, ScriptError, StorageError
 from ..inbox import Matcher
 from ..jid import Jid, parse_jid
 from ..values import check_message_size
@@ -49,7 +49,10 @@ def dialplan_script(
         if isinstance(exc, ScriptError):
             reason = str(exc)
             channel.log.info("script_failed", error=reason)
-        else:  # our fault or the database's: still answer, and say where to look
+        elif isinstance(exc, StorageError):  # unavailable or hung: say so, never hang
+            reason = f"database unavailable: {exc}"
+            channel.log.error("script_failed", error=reason)
+        else:  # our fault: still answer, and say where to look
             reason = f"internal error ({type(exc).__name__}); see the agi-xmpp log"
             channel.log.exception("script_crashed")
         refuse(out, reason)
@@ -79,8 +82,8 @@ def dialplan_script(
                     raise  # the caller left mid-command: routine, the server counts it
                 except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
                     failed(channel, out, exc)
-                else:
-                    out[error] = ""
+                # on success the error variable stays as the body left it: "" unless it
+                # explains a degraded answer (jabber_status while the account is offline)
                 fit(channel, out)
                 delivered = await channel.set_variables(out)
                 if not delivered and undo is not None:
@@ -96,8 +99,8 @@ def dialplan_script(
                         raise TypeError(f"{name}: a plain script body has nothing to undo")
                 except Exception as exc:  # noqa: BLE001 - the dialplan must always get an answer
                     failed(channel, out, exc)
-                else:
-                    out[error] = ""
+                # on success the error variable stays as the body left it: "" unless it
+                # explains a degraded answer (jabber_status while the account is offline)
                 fit(channel, out)
                 return out
 
@@ -183,6 +186,36 @@ def positive_seconds(text: str, default: float, maximum: float, what: str = "TIM
     if not value > 0 or value != value or value == float("inf"):
         raise ScriptError(f"{what} must be a positive number of seconds, not {text!r}")
     return min(value, maximum)
+
+
+CONFIRM_TIMEOUT = 10.0  # seconds confirm= waits by default (option timeout=)
+
+
+async def send_with_confirm(
+    channel: Channel, services: Services, account: str, to: Jid, body: str
+) -> tuple[str, str]:
+    """Send through the outbox, honouring ``confirm=`` (``server`` / ``receipt``) and
+    ``timeout=``; returns (status, error text). Without ``confirm=``: SUCCESS or QUEUED at once.
+
+    ``confirm=server``: SUCCESS once the server acknowledged the stanza (XEP-0198 ``h`` or a
+    barrier written after it), FAILURE with the server's error if it bounced, QUEUED otherwise
+    (link down, or no proof within the timeout: the message is still sent later).
+    ``confirm=receipt``: also asks the recipient's client for a XEP-0184 receipt; DELIVERED when
+    it comes in time, else what ``confirm=server`` answers."""
+    mode = channel.options.get("confirm", "").strip().lower()
+    if mode not in ("", "server", "receipt"):
+        raise ScriptError(f"confirm= must be server or receipt, not {mode!r}")
+    timeout = positive_seconds(channel.options.get("timeout", ""), CONFIRM_TIMEOUT,
+                               float(services.config.general.max_receive_timeout), "timeout=")
+    pool = services.pool
+    outcome, stanza_id = await pool.submit(account, to, body, confirm=bool(mode), receipt=mode == "receipt")
+    if not mode:
+        return outcome.value, ""
+    if outcome.value == "QUEUED":
+        pool.forget_confirmation(stanza_id)
+        return "QUEUED", "account offline: not confirmed (still queued)"
+    status, reason = await pool.confirm(stanza_id, timeout, receipt=mode == "receipt")
+    return status.value, reason
 
 
 def receive_matcher(services: Services, account: str, jid: Jid) -> Matcher:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..agi_channel import Channel
+from ..presence import Show, StatusAnswer
 from ..values import b64, sanitize
 from .base import (
     Undo,
@@ -16,6 +17,7 @@ from .base import (
     positive_seconds,
     receive_matcher,
     required_jid,
+    send_with_confirm,
     variable_name,
 )
 
@@ -31,16 +33,19 @@ if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side
     variables=("JABBER_SEND_STATUS", "JABBER_SEND_ERROR"),
     status="JABBER_SEND_STATUS",
     error="JABBER_SEND_ERROR",
-    help="jabber_send,ACCOUNT,JID,MESSAGE...  (option var=NAME reads the message from ${NAME})\n"
+    help="jabber_send,ACCOUNT,JID,MESSAGE...  (options var=NAME, confirm=server|receipt, timeout=S)\n"
     "Sends a chat message. JABBER_SEND_STATUS: SUCCESS (handed to a live session), QUEUED (stored,\n"
-    "sent when the account reconnects, within outbox_ttl) or FAILURE (see JABBER_SEND_ERROR).",
+    "sent when the account reconnects, within outbox_ttl) or FAILURE (see JABBER_SEND_ERROR).\n"
+    "confirm=server: SUCCESS only once the server acknowledged it (FAILURE if it bounced);\n"
+    "confirm=receipt: DELIVERED once the recipient's client confirms it (XEP-0184).",
 )
 async def jabber_send(channel: Channel, services: Services, out: Variables) -> None:
     account = account_for(channel, services)
     to = required_jid(channel, 1)
     body = await message_text(channel, services, first=2)
-    outcome = await services.pool.send(account.name, to, body)
-    out["JABBER_SEND_STATUS"] = outcome.value
+    status, reason = await send_with_confirm(channel, services, account.name, to, body)
+    out["JABBER_SEND_STATUS"] = status
+    out["JABBER_SEND_ERROR"] = reason
 
 
 @dialplan_script(
@@ -62,6 +67,13 @@ def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
     account = account_for(channel, services)
     jid = required_jid(channel, 1)
     answer = services.presence.status(account.name, jid)
+    session = services.pool.sessions.get(account.name)
+    if session is not None and not session.online:
+        # Not a live answer (docs/dialplan.md, jabber_status): configured buddies are in the roster even before the
+        # server sent it (6, never 7), and the dialplan can tell "our link is down" apart.
+        if answer.code == 7 and jid.bare in {b.lower() for b in account.buddies}:
+            answer = StatusAnswer(code=6, show=Show.OFFLINE, message="", resource="")
+        out["JABBER_STATUS_ERROR"] = f"account offline ({session.state})"
     out[target or "JABBER_STATUS"] = str(answer.code)
     out["JABBER_STATUS_SHOW"] = str(answer.show)  # a StrEnum: its value, without the enum lookup
     out["JABBER_STATUS_MESSAGE"] = sanitize(answer.message)

@@ -27,7 +27,7 @@ from ..config import DirectoryEntry
 from ..errors import ScriptError, StorageError
 from ..jid import Jid, parse_jid
 from ..values import check_message_size
-from .base import Variables, account_for, arg, dialplan_script, message_text
+from .base import Variables, account_for, arg, dialplan_script, message_text, send_with_confirm
 
 if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
     from ..services import Services
@@ -176,11 +176,12 @@ def _local_time(at: datetime) -> str:
     variables=("CALL_NOTIFY_STATUS", "CALL_NOTIFY_ERROR"),
     status="CALL_NOTIFY_STATUS",
     error="CALL_NOTIFY_ERROR",
-    help="call_notify,ACCOUNT,TARGET[,TEXT...]  (options var=NAME, history=no)\n"
+    help="call_notify,ACCOUNT,TARGET[,TEXT...]  (options var=NAME, history=no, confirm=server|receipt, timeout=S)\n"
     "Screen pop: sends TARGET (an extension from the directory, or a JID) a chat saying\n"
     "'Incoming call from <name> <number> to <extension>' (or TEXT), followed by the last three\n"
     "archived messages with the caller when the caller's number is a directory extension.\n"
-    "CALL_NOTIFY_STATUS: SUCCESS, QUEUED (account offline: sent when it reconnects) or FAILURE.",
+    "CALL_NOTIFY_STATUS: SUCCESS, QUEUED (account offline: sent when it reconnects), FAILURE, or\n"
+    "DELIVERED (confirm=receipt: the recipient's client confirmed it; see jabber_send).",
 )
 async def call_notify(channel: Channel, services: Services, out: Variables) -> None:
     account = account_for(channel, services)
@@ -200,10 +201,11 @@ async def call_notify(channel: Channel, services: Services, out: Variables) -> N
         text = await _with_history(channel, services, account.name, caller, text)
 
     try:
-        outcome = await services.pool.send(account.name, jid, text)
+        status, reason = await send_with_confirm(channel, services, account.name, jid, text)
     except StorageError as exc:
         raise ScriptError(f"could not store the message: {exc}") from None
-    out["CALL_NOTIFY_STATUS"] = outcome.value
+    out["CALL_NOTIFY_STATUS"] = status
+    out["CALL_NOTIFY_ERROR"] = reason
 
 
 async def _with_history(

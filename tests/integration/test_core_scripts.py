@@ -265,4 +265,4 @@ async def test_storage_failure_still_answers_the_dialplan(svc, monkeypatch):
     monkeypatch.setattr(svc.services.storage, "outbox_add", broken)
     result = await svc.call("jabber_send", "asterisk", "bob@localhost", "hello")
     assert result.variables["JABBER_SEND_STATUS"] == "FAILURE"
-    assert "internal error (StorageError)" in result.variables["JABBER_SEND_ERROR"]
+    assert "database unavailable: database is unreachable" in result.variables["JABBER_SEND_ERROR"]

@@ -46,12 +46,13 @@ async def test_tls_verify_no_accepts_the_self_signed_server(prosody, xmpp_accoun
 
 
 async def test_wrong_password_keeps_retrying_and_reports_it(prosody, xmpp_accounts, tmp_path):
-    """An authentication failure leaves the account offline with the reason, retrying."""
+    """An authentication failure leaves the account auth_failed with the reason, retrying slowly."""
     jid, _ = xmpp_accounts("asterisk")
     async with running_harness(service_config(prosody, jid, "wrong", tmp_path), wait_online=False) as svc:
         session = svc.pool.session("asterisk")
         await eventually(lambda: "authentication" in session.last_error, what="the auth failure")
-        assert session.state in ("offline", "connecting")
+        await eventually(lambda: session.state == "auth_failed", what="the auth_failed state")
+        assert session.next_retry_delay is not None
 
 
 async def test_presence_dropped_when_session_ends_and_restored_after(private_prosody, tmp_path, xmpp_client):
