@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 from service_harness import eventually
 
 from agi_xmpp.jid import parse_jid
+from agi_xmpp.state_files import read_token
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,8 @@ async def test_message_to_a_missing_account_is_marked_failed_not_acked(
         assert svc.pool.counters.failed == 1
         assert any(e["event"] == "outbox_bounced" and e["log_level"] == "warning" for e in logs)
         host, port = svc.config.general.http_bind
-        async with aiohttp.ClientSession() as http:
+        token = read_token(svc.config.general.state_dir)  # the API reads no message without it
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
             async with http.get(f"http://{host}:{port}/api/messages/{stanza_id}") as resp:
                 body = await resp.json()
             assert body["state"] == "failed" and "service-unavailable" in body["error"]
