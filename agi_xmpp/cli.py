@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command(sub, "show", help="ask the running service")
     show_sub = show.add_subparsers(dest="what", required=True)
-    command(show_sub, "connections", help="XMPP sessions and their state")
+    command(show_sub, "connections", help="XMPP sessions and the AMI link, with their state")
     buddies = command(show_sub, "buddies", help="roster and presence per resource")
     buddies.add_argument("account", nargs="?", default="")
 
@@ -230,6 +230,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             print(f"       [{row['account']}] {row['jid']:<30} - {state}{extra}")
         print("----")
         print(f"   Number of clients: {len(rows)}")
+        _show_ami(_api(config, "GET", "/api/connections/ami"))
         return 0
     account = _account_name(config, args.account) if args.account else ""
     query = f"?account={account}" if account else ""
@@ -250,6 +251,27 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             if res["status"]:
                 print(f"\t\t\tMessage: {res['status']}")
     return 0
+
+
+AMI_STATE_WORDS = {"connected": "Connected", "connecting": "Connecting", "down": "Down",
+                   "login_refused": "Login refused", "stopped": "Stopped"}
+
+
+def _show_ami(link: dict[str, object] | None) -> None:
+    """The AMI link under the XMPP accounts, in the same layout (nothing without [ami])."""
+    if link is None:
+        return
+    state = str(link["state"])
+    word = AMI_STATE_WORDS.get(state, state)
+    if state == "connected":
+        word += f" (Asterisk {link['version']})" if link.get("version") else ""
+    elif link.get("last_error"):
+        word += f" ({link['last_error']})"
+    print("Asterisk Manager (AMI) link:")
+    print(f"       [ami] {link['host']:<30} - {word}")
+    print(f"             connects: {link['connects']}, resyncs: {link['resyncs']}")
+    if link.get("voicemail_spool_error"):
+        print(f"             voicemail: {link['voicemail_spool_error']}")
 
 
 def _directory(config: Config, args: argparse.Namespace) -> int:

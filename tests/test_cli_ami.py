@@ -1,0 +1,148 @@
+"""The AMI side as an administrator sees it from the CLI: `show connections` and `check-config`.
+
+`show connections` is run as the installed command against a real `agi-xmpp serve` process (its
+HTTP API, its token file); Asterisk is a closed port or the scripted AMI server of
+test_ami_link.py. `check-config` needs no service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from test_ami_link import FakeAsterisk, closed_port
+
+from agi_xmpp import cli
+
+AGI_XMPP = Path(sys.executable).with_name("agi-xmpp")
+
+
+def write_config(tmp_path: Path, ami: str | None, *, directory: str = "") -> Path:
+    """One account on a closed port (never online), free service ports, optional [ami]
+    (with an existing, empty voicemail spool unless ``ami`` names one)."""
+    path = tmp_path / "agi_xmpp.conf"
+    text = f"""\
+[general]
+agi_bind = 127.0.0.1:{closed_port()}
+http_bind = 127.0.0.1:{closed_port()}
+state_dir = {tmp_path / 'state'}
+log_format = json
+reconnect_max_delay = 2
+[asterisk]
+username = asterisk@localhost
+secret = x
+serverhost = 127.0.0.1
+port = {closed_port()}
+tls_verify = no
+"""
+    if ami is not None:
+        spool = tmp_path / "spool"
+        spool.mkdir(exist_ok=True)
+        if "voicemail_spool" not in ami:
+            ami += f"voicemail_spool = {spool}\n"
+        text += f"[ami]\n{ami}"
+    if directory:
+        text += f"[directory]\n{directory}"
+    path.write_text(text)
+    return path
+
+
+async def agi_xmpp(*argv: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(AGI_XMPP), *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@asynccontextmanager
+async def serving(config: Path) -> AsyncIterator[None]:
+    """A real `agi-xmpp serve` on ``config``, stopped with SIGTERM at the end."""
+    log = open(config.with_name("service.log"), "ab")
+    proc = subprocess.Popen([str(AGI_XMPP), "serve", "-c", str(config)], stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        log.close()
+
+
+async def show_connections_until(config: Path, wanted: str, timeout: float = 60.0) -> str:
+    """`agi-xmpp show connections` again until its output contains ``wanted`` (the service
+    may still be starting, the link still trying); the last output otherwise."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    out = err = ""
+    while loop.time() < deadline:
+        code, out, err = await agi_xmpp("show", "connections", "-c", str(config))
+        if code == 0 and wanted in out:
+            return out
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"{wanted!r} never shown; last output:\n{out}{err}\n"
+                         + config.with_name("service.log").read_text()[-3000:])
+
+
+# -- show connections ---------------------------------------------------------------------------
+
+
+async def test_show_connections_names_an_ami_link_that_is_down(tmp_path):
+    """Asterisk not listening: under the XMPP account, the AMI link's host:port, 'Down' with
+    the reason, and its counters, from the running service's API with its token file."""
+    port = closed_port()
+    config = write_config(tmp_path, f"host = 127.0.0.1\nport = {port}\nusername = agi-xmpp\nsecret = s\n")
+    async with serving(config):
+        out = await show_connections_until(config, "- Down (")
+    lines = out.splitlines()
+    assert lines[0] == "Jabber Users and their status:"
+    assert lines[1].startswith("       [asterisk] asterisk@localhost")
+    assert lines[2:5] == ["----", "   Number of clients: 1", "Asterisk Manager (AMI) link:"]
+    head, _, reason = lines[5].partition(" - Down (")
+    assert head == f"       [ami] {f'127.0.0.1:{port}':<30}"
+    assert "Connection refused" in reason and reason.endswith(")")
+    assert lines[6] == "             connects: 0, resyncs: 0"
+    assert len(lines) == 7
+
+
+async def test_show_connections_says_login_refused(tmp_path):
+    """A wrong AMI secret reads 'Login refused' with the reason naming manager.conf."""
+    async with FakeAsterisk(login_ok=False) as pbx:
+        config = write_config(tmp_path, f"port = {pbx.port}\nusername = agi-xmpp\nsecret = wrong\n")
+        async with serving(config):
+            out = await show_connections_until(config, "- Login refused (")
+    (line,) = [line for line in out.splitlines() if line.startswith("       [ami] ")]
+    assert "manager.conf" in line and "agi-xmpp" in line
+
+
+async def test_show_connections_counts_the_resync_of_a_connected_link(tmp_path):
+    """A logged-in link reads 'Connected' with the Asterisk version, one connect and its resync;
+    a spool the service cannot read is shown under it."""
+    async with FakeAsterisk(login_ok=True) as pbx:
+        config = write_config(tmp_path, f"port = {pbx.port}\nusername = agi-xmpp\nsecret = s\n"
+                                        f"voicemail_spool = {tmp_path / 'no-spool'}\n")
+        async with serving(config):
+            out = await show_connections_until(config, "resyncs: 1")
+    lines = out.splitlines()
+    assert lines[5].startswith(f"       [ami] 127.0.0.1:{pbx.port}")
+    assert lines[5].endswith(" - Connected (Asterisk 11.0.0)")
+    assert lines[6] == "             connects: 1, resyncs: 1"
+    assert lines[7] == f"             voicemail: voicemail_spool {tmp_path / 'no-spool'} does not exist"
+
+
+async def test_show_connections_without_ami_shows_only_the_accounts(tmp_path):
+    """Without [ami] the output is the XMPP accounts only, as before."""
+    config = write_config(tmp_path, None)
+    async with serving(config):
+        out = await show_connections_until(config, "Number of clients: 1")
+    assert out.splitlines()[2:] == ["----", "   Number of clients: 1"]
