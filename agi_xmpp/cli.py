@@ -23,6 +23,7 @@ from . import logs
 from .config import (
     Config,
     DirectoryEntry,
+    ami_warnings,
     load_config,
     make_directory_entry,
     parse_xmpp_conf,
@@ -137,12 +138,22 @@ def _no_account_error(config: Config) -> ConfigError:
 
 
 def _check_config(config: Config) -> int:
-    for warning in config.warnings:
+    for warning in (*config.warnings, *ami_warnings(config, _effective_directory(config))):
         print(f"warning: {warning}")
     if not config.accounts:
         raise _no_account_error(config)  # `serve` would refuse it
     print(f"{config.path}: OK, {len(config.accounts)} account(s), {len(config.directory)} directory entr(y/ies)")
     return 0
+
+
+def _effective_directory(config: Config) -> list[DirectoryEntry]:
+    """[directory] and the database's other entries, read without writing (as `directory list`).
+
+    A database row for an extension that is also in [directory] is taken from the file; the
+    service keeps a row added with `directory add` instead, which this cannot tell apart."""
+    entries = {e.extension: e for e in _database_directory(config)}
+    entries.update((e.extension, e) for e in config.directory)
+    return list(entries.values())
 
 
 def _serve(config: Config, *, use_uvloop: bool) -> int:
@@ -303,19 +314,24 @@ def _directory(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_directory(config: Config) -> list[DirectoryEntry]:
+    """The database's entries, without writing anything (not even creating the file)."""
+    if not _database_exists(config.general.database):
+        return []
+    from .storage import Storage
+
+    storage = Storage(config.general.database)
+    try:
+        return storage.directory_list()
+    except StorageError:
+        return []  # no tables yet: the service has never run on this database
+    finally:
+        storage.close()
+
+
 def _directory_list(config: Config) -> int:
     """Print the database's entries without writing anything (not even creating the file)."""
-    entries: list[DirectoryEntry] = []
-    if _database_exists(config.general.database):
-        from .storage import Storage
-
-        storage = Storage(config.general.database)
-        try:
-            entries = storage.directory_list()
-        except StorageError:
-            entries = []  # no tables yet: the service has never run on this database
-        finally:
-            storage.close()
+    entries = _database_directory(config)
     listed = {e.extension for e in entries}
     for entry in entries:
         print(_entry_line(entry))

@@ -852,3 +852,121 @@ def render_accounts(accounts: Mapping[str, AccountConfig] | Iterable[AccountConf
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+# -- check-config: the [ami] section beyond syntax ------------------------------------------------
+
+
+def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]:
+    """What ``check-config`` says about ``[ami]`` once the file parsed: every problem with which
+    the service would still start but an AMI feature would not work as meant.
+
+    ``entries`` is the directory the service would serve (``[directory]`` and the database's).
+    The spool is checked as the user running this, which should be the service's user.
+    """
+    from .voicemail import mailbox_dir  # voicemail imports nothing of ours: no cycle
+
+    entries = sorted(entries, key=lambda e: e.extension)
+    sections = _raw_sections(config.path)
+    ami_section = sections.get("ami")
+    ami_keys = {e.key: e for e in ami_section.entries} if ami_section else {}
+    written = {e.name: e for e in sections["directory"].entries} if "directory" in sections else {}
+
+    def entry_at(extension: str) -> str:
+        raw = written.get(extension)
+        return f"{raw.src}: directory entry '{extension}'" if raw else f"directory entry '{extension}' (database)"
+
+    def ami_at(key: str) -> str:
+        if key in ami_keys:
+            return str(ami_keys[key].src)
+        return f"{ami_section.src}: [ami]" if ami_section else str(config.path)
+
+    warnings: list[str] = []
+    for extension, raw in written.items():
+        mailbox = _written_option(raw.value, "mailbox")
+        if mailbox and "@" not in mailbox:
+            warnings.append(f"{raw.src}: directory entry '{extension}': mailbox={mailbox} has no "
+                            f"@CONTEXT, taken as {mailbox}@default: write EXT@CONTEXT as the "
+                            "mailbox is in voicemail.conf")
+    with_mailbox = [e for e in entries if e.mailbox]
+    for entry in with_mailbox:
+        try:
+            mailbox_dir("/", entry.mailbox or "")
+        except ValueError:
+            warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox} is not "
+                            "EXT@CONTEXT of a mailbox: never notified")
+    if config.ami is None:
+        if with_mailbox:
+            warnings.append(f"{entry_at(with_mailbox[0].extension)}: mailbox= is set but there is "
+                            "no [ami] section: no voicemail is notified without it (docs/ami.md)")
+        return warnings
+    ami = config.ami
+    if not entries:
+        warnings.append(f"{ami_at('')}: the directory is empty: voicemail, click-to-call, busy "
+                        "lamps and queue pause serve directory users only")
+    owners: dict[str, list[str]] = {}
+    for entry in with_mailbox:
+        owners.setdefault(entry.mailbox or "", []).append(entry.extension)
+    for mailbox, extensions in owners.items():
+        if len(extensions) > 1:
+            warnings.append(f"{entry_at(extensions[1])}: mailbox={mailbox} is also directory entry "
+                            f"'{extensions[0]}'s: only '{extensions[0]}' (the lowest extension) is notified")
+    if with_mailbox and not ami.voicemail_delete:
+        warnings.extend(_spool_warnings(ami.voicemail_spool, ami_at("voicemail_spool"), with_mailbox, entry_at))
+    if not with_mailbox and ami.voicemail_upload:
+        warnings.append(f"{ami_at('voicemail_upload')}: voicemail_upload = yes but no directory "
+                        "entry has a mailbox=: there is nothing to upload")
+    if entries and "originate_context" not in ami_keys:
+        # Click-to-call is always on for directory users; the default is FreePBX's context,
+        # which a plain Asterisk does not have (the Originate then fails for every call).
+        warnings.append(f"{ami_at('originate_context')} has no originate_context: click-to-call "
+                        "dials numbers in 'from-internal' (FreePBX's context); set it to the "
+                        "context your users' phones dial from (dialplan/agi-xmpp-click-to-call.conf)")
+    return warnings
+
+
+def _spool_warnings(
+    spool: str, where: str, with_mailbox: list[DirectoryEntry], entry_at: Callable[[str], str]
+) -> list[str]:
+    from .voicemail import check_spool, mailbox_dir
+
+    problem = check_spool(spool)
+    if problem:
+        return [f"{where}: {problem}: voicemail is not notified (docs/ami.md: who can read the spool)"]
+    warnings = []
+    # app_voicemail creates <spool>/<context>/<mailbox> when the first message is left, so a
+    # missing mailbox is normal; a context absent while others exist is most likely a typo.
+    contexts = {p.name for p in os.scandir(spool) if p.is_dir()}
+    for entry in with_mailbox:
+        context = (entry.mailbox or "").partition("@")[2]
+        try:
+            path = mailbox_dir(spool, entry.mailbox or "")
+        except ValueError:
+            continue  # reported above
+        if contexts and context not in contexts:
+            warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox}: no voicemail "
+                            f"context '{context}' in {spool} (there: {', '.join(sorted(contexts))})")
+        elif os.path.isdir(str(path)) and not os.access(str(path), os.R_OK | os.X_OK):
+            warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox}: {path} is not "
+                            f"readable by uid {os.getuid()}: its voicemail is not notified")
+    return warnings
+
+
+def _raw_sections(path: str | None) -> dict[str, Section]:
+    """The file's own [ami] and [directory] as written (which keys were given, on which line)."""
+    if not path:
+        return {}
+    found: dict[str, Section] = {}
+    for section in read_sections(path, []):  # it parsed already: no new errors
+        if not section.template and section.name.lower() in ("ami", "directory"):
+            found[section.name.lower()] = section
+    return found
+
+
+def _written_option(value: str, name: str) -> str | None:
+    """``name=`` of a ``[directory]`` value as written (``JID, device=..., mailbox=...``)."""
+    for option in value.split(",")[1:]:
+        key, eq, setting = (s.strip() for s in option.partition("="))
+        if eq and key.lower() == name:
+            return setting
+    return None

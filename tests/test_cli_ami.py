@@ -146,3 +146,128 @@ async def test_show_connections_without_ami_shows_only_the_accounts(tmp_path):
     async with serving(config):
         out = await show_connections_until(config, "Number of clients: 1")
     assert out.splitlines()[2:] == ["----", "   Number of clients: 1"]
+
+
+# -- check-config -------------------------------------------------------------------------------
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def ami_config(tmp_path: Path, ami: str, directory: str) -> str:
+    """A file whose lines are known: [general] 1-2, account 3-5, [ami] from 6, then [directory]."""
+    path = tmp_path / "agi_xmpp.conf"
+    path.write_text(f"[general]\nstate_dir = {tmp_path / 'state'}\n"
+                    "[asterisk]\nusername = asterisk@example.com\nsecret = x\n"
+                    f"[ami]\nusername = agi-xmpp\nsecret = s\n{ami}[directory]\n{directory}")
+    return str(path)
+
+
+def test_check_config_reports_every_ami_problem_as_a_warning(capsys, tmp_path):
+    """Each [ami] problem the service would start with is one warning naming file:line: a
+    mailbox without @CONTEXT, one that is no mailbox, one named twice, a missing spool, no
+    originate_context; the file is still OK (exit 0)."""
+    spool = tmp_path / "missing-spool"
+    path = ami_config(tmp_path, f"voicemail_spool = {spool}\n",
+                      "2001 = alice@example.com, mailbox=2001\n"
+                      "2002 = bob@example.com, mailbox=2001@default\n"
+                      "2003 = carol@example.com, mailbox=..@default\n")
+    code, out, err = run(capsys, "check-config", "-c", path)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        f"warning: {path}:11: directory entry '2001': mailbox=2001 has no @CONTEXT, taken as "
+        "2001@default: write EXT@CONTEXT as the mailbox is in voicemail.conf",
+        f"warning: {path}:13: directory entry '2003': mailbox=..@default is not EXT@CONTEXT of a "
+        "mailbox: never notified",
+        f"warning: {path}:12: directory entry '2002': mailbox=2001@default is also directory entry "
+        "'2001's: only '2001' (the lowest extension) is notified",
+        f"warning: {path}:9: voicemail_spool {spool} does not exist: voicemail is not notified "
+        "(docs/ami.md: who can read the spool)",
+        f"warning: {path}:6: [ami] has no originate_context: click-to-call dials numbers in "
+        "'from-internal' (FreePBX's context); set it to the context your users' phones dial from "
+        "(dialplan/agi-xmpp-click-to-call.conf)",
+        f"{path}: OK, 1 account(s), 3 directory entr(y/ies)",
+    ]
+
+
+def test_check_config_names_a_voicemail_context_the_spool_lacks(capsys, tmp_path):
+    """With a readable spool that has other contexts, a mailbox in a context it lacks (a typo,
+    or voicemail.conf's real context differs) is named with the contexts that are there; a
+    mailbox with no directory yet (no message left) is normal and not reported."""
+    spool = tmp_path / "spool"
+    (spool / "default" / "2001" / "INBOX").mkdir(parents=True)
+    (spool / "office").mkdir()
+    path = ami_config(tmp_path, f"voicemail_spool = {spool}\noriginate_context = phones\n",
+                      "2001 = alice@example.com, mailbox=2001@default\n"
+                      "2002 = bob@example.com, mailbox=2002@default\n"
+                      "2003 = carol@example.com, mailbox=2003@users\n")
+    code, out, _ = run(capsys, "check-config", "-c", path)
+    assert code == 0
+    assert out.splitlines() == [
+        f"warning: {path}:14: directory entry '2003': mailbox=2003@users: no voicemail context "
+        f"'users' in {spool} (there: default, office)",
+        f"{path}: OK, 1 account(s), 3 directory entr(y/ies)",
+    ]
+
+
+def test_check_config_of_a_right_ami_section_says_only_ok(capsys, tmp_path):
+    """A readable spool, full mailboxes and an originate_context: no warning at all."""
+    spool = tmp_path / "spool"
+    (spool / "default").mkdir(parents=True)
+    path = ami_config(tmp_path, f"voicemail_spool = {spool}\noriginate_context = phones\n",
+                      "2001 = alice@example.com, mailbox=2001@default\n")
+    assert run(capsys, "check-config", "-c", path) == (0, f"{path}: OK, 1 account(s), 1 directory entr(y/ies)\n", "")
+
+
+def test_check_config_skips_the_spool_when_voicemail_is_event_only(capsys, tmp_path):
+    """With voicemail_delete = yes the notification comes from the event alone: no spool needed."""
+    path = ami_config(tmp_path, f"voicemail_spool = {tmp_path / 'none'}\nvoicemail_delete = yes\n"
+                                "originate_context = phones\n",
+                      "2001 = alice@example.com, mailbox=2001@default\n")
+    assert run(capsys, "check-config", "-c", path)[:2] == (0, f"{path}: OK, 1 account(s), 1 directory entr(y/ies)\n")
+
+
+def test_check_config_warns_of_ami_features_with_nobody_to_serve(capsys, tmp_path):
+    """[ami] with an empty directory, and voicemail_upload with no mailbox, are warned of (the
+    spool and originate_context are not: nothing uses them)."""
+    path = ami_config(tmp_path, f"voicemail_spool = {tmp_path / 'none'}\nvoicemail_upload = yes\n", "")
+    code, out, _ = run(capsys, "check-config", "-c", path)
+    assert code == 0
+    assert out.splitlines() == [
+        f"warning: {path}:6: [ami]: the directory is empty: voicemail, click-to-call, busy lamps "
+        "and queue pause serve directory users only",
+        f"warning: {path}:10: voicemail_upload = yes but no directory entry has a mailbox=: there "
+        "is nothing to upload",
+        f"{path}: OK, 1 account(s), 0 directory entr(y/ies)",
+    ]
+
+
+def test_check_config_warns_of_a_mailbox_without_ami(capsys, tmp_path):
+    """A mailbox= with no [ami] section is a warning: no voicemail can be notified."""
+    path = tmp_path / "agi_xmpp.conf"
+    path.write_text(f"[general]\nstate_dir = {tmp_path / 'state'}\n[asterisk]\n"
+                    "username = asterisk@example.com\nsecret = x\n"
+                    "[directory]\n2001 = alice@example.com, mailbox=2001@default\n")
+    code, out, _ = run(capsys, "check-config", "-c", str(path))
+    assert code == 0
+    assert out.splitlines()[0] == (f"warning: {path}:7: directory entry '2001': mailbox= is set but "
+                                   "there is no [ami] section: no voicemail is notified without it (docs/ami.md)")
+
+
+def test_check_config_reads_mailboxes_added_to_the_database(capsys, tmp_path):
+    """An entry added with `directory add --mailbox` is checked too, named as from the database."""
+    spool = tmp_path / "spool"
+    (spool / "default").mkdir(parents=True)
+    path = ami_config(tmp_path, f"voicemail_spool = {spool}\noriginate_context = phones\n",
+                      "2001 = alice@example.com, mailbox=2001@default\n")
+    assert run(capsys, "directory", "add", "2002", "bob@example.com", "--mailbox", "2002@office", "-c", path)[0] == 0
+    code, out, _ = run(capsys, "check-config", "-c", path)
+    assert code == 0
+    assert out.splitlines() == [
+        f"warning: directory entry '2002' (database): mailbox=2002@office: no voicemail context "
+        f"'office' in {spool} (there: default)",
+        f"{path}: OK, 1 account(s), 1 directory entr(y/ies)",
+    ]
