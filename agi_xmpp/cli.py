@@ -275,7 +275,7 @@ def _show_ami(link: dict[str, object] | None) -> None:
     state = str(link["state"])
     word = AMI_STATE_WORDS.get(state, state)
     if state == "connected":
-        word += f" (Asterisk {link['version']})" if link.get("version") else ""
+        word += f" (AMI {link['version']})" if link.get("version") else ""
     elif link.get("last_error"):
         word += f" ({link['last_error']})"
     print("Asterisk Manager (AMI) link:")

@@ -889,9 +889,11 @@ def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]
                             f"@CONTEXT, taken as {mailbox}@default: write EXT@CONTEXT as the "
                             "mailbox is in voicemail.conf")
     with_mailbox = [e for e in entries if e.mailbox]
+    usable = []  # the mailboxes the service can look for in the spool
     for entry in with_mailbox:
         try:
             mailbox_dir("/", entry.mailbox or "")
+            usable.append(entry)
         except ValueError:
             warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox} is not "
                             "EXT@CONTEXT of a mailbox: never notified")
@@ -912,7 +914,8 @@ def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]
             warnings.append(f"{entry_at(extensions[1])}: mailbox={mailbox} is also directory entry "
                             f"'{extensions[0]}'s: only '{extensions[0]}' (the lowest extension) is notified")
     if with_mailbox and not ami.voicemail_delete:
-        warnings.extend(_spool_warnings(ami.voicemail_spool, ami_at("voicemail_spool"), with_mailbox, entry_at))
+        warnings.extend(_spool_warnings(ami.voicemail_spool, ami_at("voicemail_spool"), usable, entry_at))
+    warnings.extend(_voicemail_conf_warnings(config, ami, usable, entry_at))
     if not with_mailbox and ami.voicemail_upload:
         warnings.append(f"{ami_at('voicemail_upload')}: voicemail_upload = yes but no directory "
                         "entry has a mailbox=: there is nothing to upload")
@@ -934,22 +937,62 @@ def _spool_warnings(
     if problem:
         return [f"{where}: {problem}: voicemail is not notified (docs/ami.md: who can read the spool)"]
     warnings = []
-    # app_voicemail creates <spool>/<context>/<mailbox> when the first message is left, so a
-    # missing mailbox is normal; a context absent while others exist is most likely a typo.
-    contexts = {p.name for p in os.scandir(spool) if p.is_dir()}
     for entry in with_mailbox:
-        context = (entry.mailbox or "").partition("@")[2]
-        try:
-            path = mailbox_dir(spool, entry.mailbox or "")
-        except ValueError:
-            continue  # reported above
-        if contexts and context not in contexts:
-            warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox}: no voicemail "
-                            f"context '{context}' in {spool} (there: {', '.join(sorted(contexts))})")
-        elif os.path.isdir(str(path)) and not os.access(str(path), os.R_OK | os.X_OK):
+        path = mailbox_dir(spool, entry.mailbox or "")
+        # app_voicemail creates <context>/<mailbox> with the first message: a missing one is
+        # normal (a missing context too: it is not created at load, seen in the Asterisk 22 lab).
+        if os.path.isdir(str(path)) and not os.access(str(path), os.R_OK | os.X_OK):
             warnings.append(f"{entry_at(entry.extension)}: mailbox={entry.mailbox}: {path} is not "
                             f"readable by uid {os.getuid()}: its voicemail is not notified")
     return warnings
+
+
+_VOICEMAIL_NOT_CONTEXTS = frozenset({"general", "zonemessages"})
+
+
+def _voicemail_conf_warnings(
+    config: Config, ami: AmiConfig, with_mailbox: list[DirectoryEntry], entry_at: Callable[[str], str]
+) -> list[str]:
+    """Each mailbox= against voicemail.conf next to the configuration (/etc/asterisk), when that
+    file is there and readable: the context and mailbox exist, and ``delete=yes`` is matched."""
+    if not config.path or not with_mailbox:
+        return []
+    path = os.path.join(os.path.dirname(os.path.abspath(config.path)), "voicemail.conf")
+    if not os.access(path, os.R_OK):
+        return []  # not on the PBX, or not readable by this user: nothing to compare with
+    try:
+        sections = [s for s in read_sections(path, []) if not s.template]
+    except ConfigError:
+        return []
+    contexts = {s.name: s for s in sections if s.name.lower() not in _VOICEMAIL_NOT_CONTEXTS}
+    general = next((s for s in sections if s.name.lower() == "general"), None)
+    delete_all = bool(general) and any(e.key == "delete" and _is_yes(e.value) for e in general.entries)
+    warnings = []
+    for entry in with_mailbox:
+        box, _, context = (entry.mailbox or "").partition("@")
+        where = f"{entry_at(entry.extension)}: mailbox={entry.mailbox}"
+        if context not in contexts:
+            known = ", ".join(sorted(contexts)) or "none"
+            warnings.append(f"{where}: {path} has no context [{context}] (contexts: {known})")
+            continue
+        line = next((e for e in contexts[context].entries if e.name == box), None)
+        if line is None:
+            warnings.append(f"{where}: {path} has no mailbox {box} in [{context}]")
+            continue
+        # voicemail.conf: mailbox => password,name,email,pager,options (options split by | or ,)
+        options = line.value.split(",", 4)[4:] or [""]
+        deleted = delete_all or any(
+            o.strip().lower().startswith("delete=") and _is_yes(o.partition("=")[2])
+            for o in re.split(r"[|,]", options[0])
+        )
+        if deleted and not ami.voicemail_delete:
+            warnings.append(f"{where}: {path} deletes its messages (delete=yes) before the event: "
+                            "set voicemail_delete = yes in [ami], or its voicemail is not notified")
+    return warnings
+
+
+def _is_yes(value: str) -> bool:
+    return value.strip().lower() in ("yes", "true", "y", "t", "1", "on")
 
 
 def _raw_sections(path: str | None) -> dict[str, Section]:

@@ -135,7 +135,7 @@ async def test_show_connections_counts_the_resync_of_a_connected_link(tmp_path):
             out = await show_connections_until(config, "resyncs: 1")
     lines = out.splitlines()
     assert lines[5].startswith(f"       [ami] 127.0.0.1:{pbx.port}")
-    assert lines[5].endswith(" - Connected (Asterisk 11.0.0)")
+    assert lines[5].endswith(" - Connected (AMI 11.0.0)")
     assert lines[6] == "             connects: 1, resyncs: 1"
     assert lines[7] == f"             voicemail: voicemail_spool {tmp_path / 'no-spool'} does not exist"
 
@@ -193,23 +193,41 @@ def test_check_config_reports_every_ami_problem_as_a_warning(capsys, tmp_path):
     ]
 
 
-def test_check_config_names_a_voicemail_context_the_spool_lacks(capsys, tmp_path):
-    """With a readable spool that has other contexts, a mailbox in a context it lacks (a typo,
-    or voicemail.conf's real context differs) is named with the contexts that are there; a
-    mailbox with no directory yet (no message left) is normal and not reported."""
+VOICEMAIL_CONF = """\
+[general]
+format = wav
+[zonemessages]
+eastern = America/New_York|'vm-received' Q 'digits/at' IMp
+[default]
+2001 => 1234,Alice
+2004 => 1234,Dave,,,attach=yes|delete=yes
+[office]
+3001 => 1234,Oscar
+"""
+
+
+def test_check_config_compares_mailboxes_with_voicemail_conf(capsys, tmp_path):
+    """With voicemail.conf next to the file (as in /etc/asterisk), a mailbox= whose context or
+    mailbox it lacks, and one it deletes (delete=yes) while voicemail_delete is off, are named;
+    a mailbox that exists but has no spool directory yet (no message left) is not."""
     spool = tmp_path / "spool"
-    (spool / "default" / "2001" / "INBOX").mkdir(parents=True)
-    (spool / "office").mkdir()
+    spool.mkdir()
+    (tmp_path / "voicemail.conf").write_text(VOICEMAIL_CONF)
+    vm = tmp_path / "voicemail.conf"
     path = ami_config(tmp_path, f"voicemail_spool = {spool}\noriginate_context = phones\n",
                       "2001 = alice@example.com, mailbox=2001@default\n"
                       "2002 = bob@example.com, mailbox=2002@default\n"
-                      "2003 = carol@example.com, mailbox=2003@users\n")
+                      "2003 = carol@example.com, mailbox=2003@users\n"
+                      "2004 = dave@example.com, mailbox=2004@default\n")
     code, out, _ = run(capsys, "check-config", "-c", path)
     assert code == 0
     assert out.splitlines() == [
-        f"warning: {path}:14: directory entry '2003': mailbox=2003@users: no voicemail context "
-        f"'users' in {spool} (there: default, office)",
-        f"{path}: OK, 1 account(s), 3 directory entr(y/ies)",
+        f"warning: {path}:13: directory entry '2002': mailbox=2002@default: {vm} has no mailbox 2002 in [default]",
+        f"warning: {path}:14: directory entry '2003': mailbox=2003@users: {vm} has no context [users] "
+        "(contexts: default, office)",
+        f"warning: {path}:15: directory entry '2004': mailbox=2004@default: {vm} deletes its messages "
+        "(delete=yes) before the event: set voicemail_delete = yes in [ami], or its voicemail is not notified",
+        f"{path}: OK, 1 account(s), 4 directory entr(y/ies)",
     ]
 
 
@@ -263,11 +281,12 @@ def test_check_config_reads_mailboxes_added_to_the_database(capsys, tmp_path):
     (spool / "default").mkdir(parents=True)
     path = ami_config(tmp_path, f"voicemail_spool = {spool}\noriginate_context = phones\n",
                       "2001 = alice@example.com, mailbox=2001@default\n")
+    (tmp_path / "voicemail.conf").write_text("[default]\n2001 => 1234,Alice\n")
     assert run(capsys, "directory", "add", "2002", "bob@example.com", "--mailbox", "2002@office", "-c", path)[0] == 0
     code, out, _ = run(capsys, "check-config", "-c", path)
     assert code == 0
     assert out.splitlines() == [
-        f"warning: directory entry '2002' (database): mailbox=2002@office: no voicemail context "
-        f"'office' in {spool} (there: default)",
+        f"warning: directory entry '2002' (database): mailbox=2002@office: {tmp_path / 'voicemail.conf'} "
+        "has no context [office] (contexts: default)",
         f"{path}: OK, 1 account(s), 1 directory entr(y/ies)",
     ]
