@@ -138,7 +138,15 @@ def _no_account_error(config: Config) -> ConfigError:
 
 
 def _check_config(config: Config) -> int:
-    for warning in (*config.warnings, *ami_warnings(config, _effective_directory(config))):
+    warnings = list(config.warnings)
+    directory = list(config.directory)
+    if config.ami is not None:  # only the AMI checks need the database's entries
+        try:
+            directory = _effective_directory(config)
+        except AgiXmppError as exc:  # e.g. no driver for the database: serve says so, in its way
+            warnings.append(f"the directory in the database was not read ({exc}): only [directory] is checked")
+    warnings += ami_warnings(config, directory)
+    for warning in warnings:
         print(f"warning: {warning}")
     if not config.accounts:
         raise _no_account_error(config)  # `serve` would refuse it
