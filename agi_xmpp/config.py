@@ -909,10 +909,10 @@ def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]
     owners: dict[str, list[str]] = {}
     for entry in with_mailbox:
         owners.setdefault(entry.mailbox or "", []).append(entry.extension)
-    for mailbox, extensions in owners.items():
-        if len(extensions) > 1:
-            warnings.append(f"{entry_at(extensions[1])}: mailbox={mailbox} is also directory entry "
-                            f"'{extensions[0]}'s: only '{extensions[0]}' (the lowest extension) is notified")
+    for mailbox, (owner, *others) in owners.items():
+        for other in others:  # storage.directory_find_mailbox: the lowest extension wins
+            warnings.append(f"{entry_at(other)}: mailbox={mailbox} is also directory entry "
+                            f"'{owner}'s: only '{owner}' (the lowest extension) is notified")
     if with_mailbox and not ami.voicemail_delete:
         warnings.extend(_spool_warnings(ami.voicemail_spool, ami_at("voicemail_spool"), usable, entry_at))
     warnings.extend(_voicemail_conf_warnings(config, ami, usable, entry_at))
