@@ -24,6 +24,7 @@ from . import logs
 from .config import (
     Config,
     DirectoryEntry,
+    ami_warnings,
     load_config,
     make_directory_entry,
     parse_xmpp_conf,
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = command(sub, "show", help="ask the running service")
     show_sub = show.add_subparsers(dest="what", required=True)
-    command(show_sub, "connections", help="XMPP sessions and their state")
+    command(show_sub, "connections", help="XMPP sessions and the AMI link, with their state")
     buddies = command(show_sub, "buddies", help="roster and presence per resource")
     buddies.add_argument("account", nargs="?", default="")
     message = command(show_sub, "message", help="what happened to one sent message (its id)")
@@ -140,12 +141,30 @@ def _no_account_error(config: Config) -> ConfigError:
 
 
 def _check_config(config: Config) -> int:
-    for warning in config.warnings:
+    warnings = list(config.warnings)
+    directory = list(config.directory)
+    if config.ami is not None:  # only the AMI checks need the database's entries
+        try:
+            directory = _effective_directory(config)
+        except AgiXmppError as exc:  # e.g. no driver for the database: serve says so, in its way
+            warnings.append(f"the directory in the database was not read ({exc}): only [directory] is checked")
+    warnings += ami_warnings(config, directory)
+    for warning in warnings:
         print(f"warning: {warning}")
     if not config.accounts:
         raise _no_account_error(config)  # `serve` would refuse it
     print(f"{config.path}: OK, {len(config.accounts)} account(s), {len(config.directory)} directory entr(y/ies)")
     return 0
+
+
+def _effective_directory(config: Config) -> list[DirectoryEntry]:
+    """[directory] and the database's other entries, read without writing (as `directory list`).
+
+    A database row for an extension that is also in [directory] is taken from the file; the
+    service keeps a row added with `directory add` instead, which this cannot tell apart."""
+    entries = {e.extension: e for e in _database_directory(config)}
+    entries.update((e.extension, e) for e in config.directory)
+    return list(entries.values())
 
 
 def _serve(config: Config, *, use_uvloop: bool) -> int:
@@ -235,6 +254,7 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             print(f"       [{row['account']}] {row['jid']:<30} - {state}{extra}")
         print("----")
         print(f"   Number of clients: {len(rows)}")
+        _show_ami(_api(config, "GET", "/api/connections/ami"))
         return 0
     if args.what == "message":
         for key, value in _api(config, "GET", f"/api/messages/{quote(args.id, safe='')}").items():
@@ -259,6 +279,27 @@ def _show(config: Config, args: argparse.Namespace) -> int:
             if res["status"]:
                 print(f"\t\t\tMessage: {res['status']}")
     return 0
+
+
+AMI_STATE_WORDS = {"connected": "Connected", "connecting": "Connecting", "down": "Down",
+                   "login_refused": "Login refused", "stopped": "Stopped"}
+
+
+def _show_ami(link: dict[str, object] | None) -> None:
+    """The AMI link under the XMPP accounts, in the same layout (nothing without [ami])."""
+    if link is None:
+        return
+    state = str(link["state"])
+    word = AMI_STATE_WORDS.get(state, state)
+    if state == "connected":
+        word += f" (AMI {link['version']})" if link.get("version") else ""
+    elif link.get("last_error"):
+        word += f" ({link['last_error']})"
+    print("Asterisk Manager (AMI) link:")
+    print(f"       [ami] {link['host']:<30} - {word}")
+    print(f"             connects: {link['connects']}, resyncs: {link['resyncs']}")
+    if link.get("voicemail_spool_error"):
+        print(f"             voicemail: {link['voicemail_spool_error']}")
 
 
 def _directory(config: Config, args: argparse.Namespace) -> int:
@@ -290,19 +331,24 @@ def _directory(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_directory(config: Config) -> list[DirectoryEntry]:
+    """The database's entries, without writing anything (not even creating the file)."""
+    if not _database_exists(config.general.database):
+        return []
+    from .storage import Storage
+
+    storage = Storage(config.general.database)
+    try:
+        return storage.directory_list()
+    except StorageError:
+        return []  # no tables yet: the service has never run on this database
+    finally:
+        storage.close()
+
+
 def _directory_list(config: Config) -> int:
     """Print the database's entries without writing anything (not even creating the file)."""
-    entries: list[DirectoryEntry] = []
-    if _database_exists(config.general.database):
-        from .storage import Storage
-
-        storage = Storage(config.general.database)
-        try:
-            entries = storage.directory_list()
-        except StorageError:
-            entries = []  # no tables yet: the service has never run on this database
-        finally:
-            storage.close()
+    entries = _database_directory(config)
     listed = {e.extension for e in entries}
     for entry in entries:
         print(_entry_line(entry))

@@ -243,6 +243,15 @@ async def connections(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICES].pool.connections())
 
 
+async def ami_connection(request: web.Request) -> web.Response:
+    """The AMI link for `show connections`: null without [ami]. A route of its own, so the
+    XMPP list of /api/connections keeps its shape for scripts that read it."""
+    ami = request.app[SERVICES].ami
+    if ami is None:
+        return web.json_response(None)
+    return web.json_response({**ami.status(), "resyncs": ami.counters.resyncs})
+
+
 async def buddies(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     wanted = request.query.get("account", "").lower()
@@ -427,6 +436,7 @@ def make_app(
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/connections", connections)
+    app.router.add_get("/api/connections/ami", ami_connection)
     app.router.add_get("/api/buddies", buddies)
     app.router.add_get("/api/presence", presence)
     app.router.add_post("/api/messages", post_message)

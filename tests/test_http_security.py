@@ -116,7 +116,7 @@ async def api(tmp_path) -> AsyncIterator[Api]:
 SENSITIVE = [
     ("POST", "/api/messages"), ("GET", "/api/directory"), ("POST", "/api/directory"),
     ("DELETE", "/api/directory/101"), ("GET", "/api/presence"), ("GET", "/api/buddies"),
-    ("GET", "/api/connections"),
+    ("GET", "/api/connections"), ("GET", "/api/connections/ami"),
 ]
 MESSAGE = {"account": "", "to": "bob@example.com", "body": "hello"}
 

@@ -483,3 +483,54 @@ async def test_voicemail_left_while_xmpp_is_down_arrives_when_it_returns(pbx, pr
         alice = await xmpp_client(alice_jid, "pw-alice", server=server)
         msg = await alice.next_message(60, sender=service[0])
         assert "New voicemail from Hank <5550166>" in msg.body
+
+
+async def test_cli_shows_the_real_link_and_checks_the_real_spool(pbx, prosody, xmpp_accounts, tmp_path):
+    """`agi-xmpp show connections` against a real `serve` logged in to the lab: Connected, one
+    login and its resync; `check-config` of that file, with the lab's spool and its voicemail.conf
+    beside it as in /etc/asterisk: no warning for a mailbox with no message yet, one for the
+    delete=yes mailbox while voicemail_delete is off."""
+    import re
+    import subprocess
+
+    from service_process import SERVICE_BIN, ServiceProcess
+
+    jid, password = xmpp_accounts("asterisk")[:2]
+    alice = xmpp_accounts("alice")[0]
+    service = ServiceProcess(tmp_path / "svc", prosody, jid, password)
+    with service.config_path.open("a") as conf:
+        conf.write(f"[ami]\nhost = {pbx.ami_host}\nport = {pbx.ami_port}\nusername = agixmpp\n"
+                   f"secret = {pbx.ami_secret_for_service}\nvoicemail_spool = {pbx.spool}\n"
+                   f"originate_context = agx-dial\n[directory]\n"
+                   f"2001 = {alice}, device=Local/2001@agx-phones, mailbox=2001@{VM_CONTEXT}\n")
+    vm_conf = service.config_path.with_name("voicemail.conf")
+    shutil.copyfile(pbx.root / "etc/asterisk/voicemail.conf", vm_conf)
+
+    def agi_xmpp(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(SERVICE_BIN), "-c", str(service.config_path), *argv],
+                              capture_output=True, text=True, timeout=60)
+
+    await service.start()  # /health 200: the account online and the AMI link logged in
+    try:
+        async def resynced() -> bool:
+            shown = await asyncio.to_thread(agi_xmpp, "show", "connections")
+            return "resyncs: 1" in shown.stdout
+        await eventually(resynced, 60, "the first resync in show connections")
+        shown = await asyncio.to_thread(agi_xmpp, "show", "connections")
+    finally:
+        await service.close()
+    lines = shown.stdout.splitlines()
+    assert lines[1].startswith(f"       [asterisk] {jid}") and lines[1].endswith("- Connected")
+    assert lines[4] == "Asterisk Manager (AMI) link:"
+    assert re.fullmatch(rf"       \[ami\] {pbx.ami_host}:{pbx.ami_port} +- Connected \(AMI \d+\.\d+\.\d+\)", lines[5])
+    assert lines[6:] == ["             connects: 1, resyncs: 1"]
+    checked = agi_xmpp("check-config")
+    assert (checked.returncode, checked.stderr) == (0, ""), checked
+    assert checked.stdout == f"{service.config_path}: OK, 1 account(s), 1 directory entr(y/ies)\n"
+    with service.config_path.open("a") as conf:
+        conf.write(f"2005 = {alice}, mailbox=2005@{VM_CONTEXT}\n")
+    checked = agi_xmpp("check-config")
+    assert checked.returncode == 0
+    assert checked.stdout.splitlines()[0].endswith(
+        f"directory entry '2005': mailbox=2005@{VM_CONTEXT}: {vm_conf} deletes its messages (delete=yes) "
+        "before the event: set voicemail_delete = yes in [ami], or its voicemail is not notified")
