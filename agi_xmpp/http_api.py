@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
@@ -32,7 +31,7 @@ import structlog
 from aiohttp import web
 
 from .config import make_directory_entry
-from .conn_limits import ConnectionBudget, listen_socket
+from .conn_limits import ConnectionBudget, listen_socket, peer_ip
 from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
 from .services import Services
@@ -71,15 +70,8 @@ def _error(status: int, text: str, **headers: str) -> web.Response:
 
 
 def _is_loopback(peer: str | None) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = peer_ip(peer) if peer else None
+    return address is not None and address.is_loopback
 
 
 def _split_host(value: str) -> tuple[str, int | None] | None:
@@ -122,19 +114,12 @@ def _host_ok(request: web.Request) -> bool:
     local_host, local_port = sockname[0], sockname[1]
     if (port or 80) != local_port:
         return False
-    try:
-        local = ipaddress.ip_address(local_host.split("%")[0])
-    except ValueError:
+    local = peer_ip(local_host)  # a dual-stack listener reached over IPv4: its IPv4 address
+    if local is None:
         return False
-    if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped is not None:
-        local = local.ipv4_mapped  # a dual-stack listener reached over IPv4
     if host == "localhost":
         return local.is_loopback
-    try:
-        named = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # any other name: configure it in http_hosts
-    return named == local
+    return peer_ip(host) == local  # any other name: configure it in http_hosts
 
 
 def _cross_origin(request: web.Request) -> bool:
