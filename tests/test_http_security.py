@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -25,31 +24,8 @@ from agi_xmpp.http_api import KEEPALIVE_TIMEOUT, SERVICES, start_http
 from agi_xmpp.presence import PresenceCache
 from agi_xmpp.services import Services
 from agi_xmpp.storage import AsyncStorage, Storage
-from agi_xmpp.xmpp_pool import PoolCounters, SendOutcome
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class FakePool:
-    sent: list[tuple[str, str, str]] = field(default_factory=list)
-    sessions: dict = field(default_factory=dict)
-    inboxes: dict = field(default_factory=dict)
-    counters: PoolCounters = field(default_factory=PoolCounters)
-
-    async def send(self, account: str, to, body: str) -> SendOutcome:
-        self.sent.append((account, to.bare, body))
-        return SendOutcome.SUCCESS
-
-    def connections(self) -> list:
-        return []
-
-    def all_online(self) -> bool:
-        return True
+from fakes import FakePool
+from service_process import free_port
 
 
 @dataclass

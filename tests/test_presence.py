@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import FakeClock
+
 from agi_xmpp.jid import parse_jid
 from agi_xmpp.presence import (
     CODES,
@@ -19,19 +21,6 @@ from agi_xmpp.presence import (
 
 ACCOUNT = "work"
 ALICE = "alice@example.com"
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float = 1.0) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
