@@ -206,3 +206,30 @@ async def test_fullybooted_rescans_mailboxes(bridge):
     await bridge._handle(event("FullyBooted", Status="Fully Booted"))
     assert bridge.counters.resyncs == 1
     assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
+async def test_a_spool_fixed_after_start_is_read_at_the_next_resync(tmp_path, bridge):
+    """A spool missing at start (one error) that appears later is read at the next resync
+    (reconnect or FullyBooted): its voicemail is notified without restarting the service."""
+    import dataclasses
+
+    spool = tmp_path / "late-spool"
+    ami = dataclasses.replace(bridge.ami, voicemail_spool=str(spool))
+    late = AmiBridge(dataclasses.replace(bridge.config, ami=ami), bridge.storage, PresenceCache(),
+                     bridge.fake_pool)  # type: ignore[arg-type]
+    late.link = FakeLink()  # type: ignore[assignment]
+    assert "does not exist" in late.spool_error
+    spool.mkdir()
+    write_message(spool, "2001@default", "INBOX", 0, msg_id="7-7")
+    await late._handle(event("FullyBooted", Status="Fully Booted"))
+    assert late.spool_error is None
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
+async def test_after_stop_chat_commands_go_on_to_the_inbox(bridge):
+    """The pool keeps the bridge's hooks: once stopped, a 'call' chat is not taken into a queue
+    nobody reads any more, it goes on to the inbox like any message."""
+    await bridge.start()
+    (hook,) = bridge.fake_pool.message_hooks
+    await bridge.stop()
+    assert hook("asterisk", chat("alice@example.com/phone", "call 5551234")) is False
