@@ -36,6 +36,7 @@ from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
 from .services import Services
 from .state_files import ensure_token
+from .values import check_message_size
 
 log = structlog.get_logger(__name__)
 
@@ -205,7 +206,12 @@ def _text(data: dict[str, object], key: str) -> str:
         return ""
     if not isinstance(value, str | int):
         raise BadRequest(f"{key} must be a string")
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate no XMPP server would take
+        raise BadRequest(f"{key} is not valid Unicode (a lone surrogate)") from None
+    return text
 
 
 async def health(request: web.Request) -> web.Response:
@@ -278,9 +284,7 @@ async def post_message(request: web.Request) -> web.Response:
     body = _text(data, "body")
     if not body.strip():
         raise ScriptError("empty message")
-    limit = services.config.general.max_message_bytes
-    if len(body.encode()) > limit:
-        raise ScriptError(f"message longer than max_message_bytes ({limit})")
+    check_message_size(body, services.config.general.max_message_bytes)
     outcome = await services.pool.send(account.name, to, body)
     return web.json_response({"status": outcome.value})
 

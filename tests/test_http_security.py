@@ -285,7 +285,8 @@ async def test_json_with_a_charset_parameter_is_json(api):
 
 
 @pytest.mark.parametrize("body", [b"{", b"", b"[1, 2]", b"\"text\"", b"\xff\xfe{", b"{\"to\": [\"x\"], \"body\": \"b\"}",
-                                  b"{\"to\": \"bob@example.com\", \"body\": {\"x\": 1}}", b"null", b"1e999999"])
+                                  b"{\"to\": \"bob@example.com\", \"body\": {\"x\": 1}}", b"null", b"1e999999",
+                                  b"{\"to\": \"bob@example.com\", \"jid\": \"b\\ud800@x\", \"body\": \"a\\ud800\"}"])
 async def test_malformed_json_is_400_never_500(api, body):
     """Malformed JSON, a JSON value that is not an object, or fields of the wrong type: 400."""
     for path in ("/api/messages", "/api/directory"):
@@ -293,6 +294,14 @@ async def test_malformed_json_is_400_never_500(api, body):
                                           headers={"Content-Type": "application/json"})
         assert status == 400, (path, reply)
         assert isinstance(reply, dict) and reply["error"]
+    assert api.pool.sent == []
+
+
+async def test_a_message_over_max_message_bytes_is_400_and_not_sent(api):
+    """POST /api/messages applies max_message_bytes like jabber_send does (same check, same words)."""
+    too_long = {**MESSAGE, "body": "é" * 40_000}  # 80,000 UTF-8 bytes > 65,536
+    status, reply = await api.request("POST", "/api/messages", token=api.token, json_body=too_long)
+    assert status == 400 and "max_message_bytes (65536)" in reply["error"]
     assert api.pool.sent == []
 
 
