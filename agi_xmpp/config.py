@@ -519,10 +519,36 @@ def _parse_hosts(text: str) -> tuple[str, ...]:
     for item in (part.strip().lower() for part in text.split(",")):
         if not item:
             continue
-        if not re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9_.\-]+)(:[0-9]{1,5})?", item):
-            raise ValueError(f"not a host name or host:port: {item!r}")
+        parsed = split_host(item)
+        if parsed is None or not re.fullmatch(r"[0-9a-f:.]+|[a-z0-9_.\-]+", parsed[0]):
+            raise ValueError(f"not a host name or host:port (port 1-65535): {item!r}")
         hosts.append(item)
     return tuple(hosts)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header or an ``http_hosts`` entry → (lower-case host without brackets, port or
+    None); None if malformed. The HTTP API and the configuration read hosts with this one function."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = value.partition(":")
+        if ":" in port_text:
+            return None
+    if not host:
+        return None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        return host.rstrip("."), int(port_text)
+    return host.rstrip("."), None
 
 
 def _build_ami(section: Section, base_dir: str, errors: list[ConfigError]) -> AmiConfig:

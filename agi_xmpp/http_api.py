@@ -30,7 +30,7 @@ from importlib import resources
 import structlog
 from aiohttp import web
 
-from .config import make_directory_entry
+from .config import make_directory_entry, split_host
 from .conn_limits import ConnectionBudget, listen_socket, peer_ip
 from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
@@ -75,34 +75,10 @@ def _is_loopback(peer: str | None) -> bool:
     return address is not None and address.is_loopback
 
 
-def _split_host(value: str) -> tuple[str, int | None] | None:
-    """``Host`` header → (lower-case host without brackets, port or None); None if malformed."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        host, rest = value[1:end], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = value.partition(":")
-        if ":" in port_text:
-            return None
-    if not host:
-        return None
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            return None
-        return host.rstrip("."), int(port_text)
-    return host.rstrip("."), None
-
-
 def _host_ok(request: web.Request) -> bool:
     """Whether ``Host`` names this service (see the module docstring)."""
     header = request.headers.get("Host")
-    parsed = _split_host(header) if header else None
+    parsed = split_host(header) if header else None
     if parsed is None:
         return False
     host, port = parsed
@@ -382,7 +358,7 @@ async def board(_request: web.Request) -> web.Response:
 def _parse_hosts(hosts: Iterable[str]) -> tuple[tuple[str, int | None], ...]:
     parsed = []
     for entry in hosts:
-        split = _split_host(entry)
+        split = split_host(entry)
         if split is not None:
             parsed.append(split)
     return tuple(parsed)

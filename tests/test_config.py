@@ -1161,5 +1161,8 @@ def test_security_and_limit_keys(tmp_path):
     assert (g.agi_max_connections, g.http_max_connections, g.archive_retention) == (100, 20, 0)
     err = error_of(tmp_path, "[general]\nhttp_hosts = evil example\n")
     assert_error(err, tmp_path / "agi_xmpp.conf", 2, "http_hosts")
+    # a port the HTTP API could never match is refused here, not ignored there (config.split_host)
+    err = error_of(tmp_path, "[general]\nhttp_hosts = pbx.example.com:99999\n")
+    assert_error(err, tmp_path / "agi_xmpp.conf", 2, "http_hosts")
     err = error_of(tmp_path, "[general]\nagi_max_connections = 2\n")
     assert_error(err, tmp_path / "agi_xmpp.conf", 2, "agi_max_connections")
