@@ -200,7 +200,7 @@ class AmiBridge:
 
     async def _recheck_spool(self) -> None:
         """The spool may have been fixed (permissions, a mount) or lost since start: look again
-        at each resync, with one log line per change rather than per event."""
+        at each resync (and at each event while it is broken), one log line per change."""
         error = await asyncio.to_thread(check_spool, self.ami.voicemail_spool)
         if error == self.spool_error:
             return
@@ -222,6 +222,8 @@ class AmiBridge:
             return
         counts = _counts(event)
         messages: list[Voicemail] = []
+        if self.spool_error is not None:
+            await self._recheck_spool()  # fixed since? (only looked at while it is broken)
         if self.spool_error is None:
             try:
                 messages = await asyncio.to_thread(scan_mailbox, self.ami.voicemail_spool, mailbox)

@@ -226,6 +226,24 @@ async def test_a_spool_fixed_after_start_is_read_at_the_next_resync(tmp_path, br
     assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
 
 
+async def test_a_spool_fixed_after_start_is_read_at_the_next_voicemail(tmp_path, bridge):
+    """While the spool is broken each MessageWaiting looks again: the first voicemail after it
+    is fixed is notified, with no resync needed."""
+    import dataclasses
+
+    spool = tmp_path / "late-spool"
+    ami = dataclasses.replace(bridge.ami, voicemail_spool=str(spool))
+    late = AmiBridge(dataclasses.replace(bridge.config, ami=ami), bridge.storage, PresenceCache(),
+                     bridge.fake_pool)  # type: ignore[arg-type]
+    late.link = FakeLink()  # type: ignore[assignment]
+    await late._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
+    assert bridge.fake_pool.sent == []
+    spool.mkdir()
+    write_message(spool, "2001@default", "INBOX", 0, msg_id="8-8")
+    await late._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
 async def test_after_stop_chat_commands_go_on_to_the_inbox(bridge):
     """The pool keeps the bridge's hooks: once stopped, a 'call' chat is not taken into a queue
     nobody reads any more, it goes on to the inbox like any message."""
