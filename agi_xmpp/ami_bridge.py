@@ -182,10 +182,11 @@ class AmiBridge:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
         await self._recheck_spool()
-        for call in self._calls.values():
-            # Asterisk's answer to these went with the old connection.
+        # Asterisk's answer to these went with the old connection. Taken out first: a call placed
+        # while we reply (the commands task runs meanwhile) lands in the new dict, untouched.
+        lost, self._calls = self._calls, {}
+        for call in lost.values():
             await self._reply(call.user, c2c.LOST.format(target=call.target))
-        self._calls.clear()
         if self.ami.queue_pause:
             self._paused = await self._our_pauses()
         self._all_dirty = True

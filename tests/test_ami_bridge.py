@@ -186,6 +186,24 @@ async def test_a_call_pending_when_the_link_drops_is_answered_at_resync(bridge):
     assert not bridge._calls
 
 
+async def test_a_call_placed_while_resync_replies_is_kept(bridge):
+    """Resync tells each pending caller their call is lost; a call placed meanwhile (the
+    commands task runs while a reply is stored) neither breaks the resync nor is dropped."""
+    await bridge._command(chat("alice@example.com/phone", "call 5551234"))
+    send = bridge.fake_pool.send
+
+    async def send_and_call_again(account, to, body, kind="chat"):
+        outcome = await send(account, to, body, kind)
+        if body.startswith("The connection to the PBX was lost"):
+            await bridge._command(chat("bob@example.com", "call 5550000"))
+        return outcome
+
+    bridge.fake_pool.send = send_and_call_again
+    await bridge._handle(event("agi-xmpp:link-up"))
+    assert bridge.counters.resyncs == 1
+    assert [c.target for c in bridge._calls.values()] == ["5550000"]
+
+
 async def test_unreadable_spool_is_reported_once_and_events_do_not_fail(tmp_path, bridge):
     """A missing spool sets spool_error at construction; MessageWaiting then sends nothing and
     raises nothing (without voicemail_delete)."""
