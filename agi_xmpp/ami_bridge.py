@@ -381,8 +381,7 @@ class AmiBridge:
         inbox (jabber_receive and chat menus read the same account)."""
         if self._stopped or account != self.account or message.kind not in ("chat", "normal"):
             return False
-        words = message.body.strip().split(None, 1)
-        if not words or words[0].lower() not in ("call", "dial", "help"):
+        if not c2c.is_command(message.body):
             return False
         self._commands.put_nowait(message)
         return True
