@@ -21,6 +21,7 @@ Who may ask what (docs/security.md has the whole threat model):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
@@ -344,10 +345,15 @@ def _entry_dict(entry: object) -> dict[str, object]:
     return {k: getattr(entry, k) for k in ("extension", "jid", "device", "mailbox")}
 
 
+@functools.cache
+def _board_page() -> str:
+    """board.html, read once: no file read on the event loop for each request of the page."""
+    return resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
+
+
 async def board(_request: web.Request) -> web.Response:
     """The live presence board of the directory (a static page polling /api/board)."""
-    page = resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
-    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    response = web.Response(text=_board_page(), content_type="text/html", charset="utf-8")
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
         "connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
