@@ -23,6 +23,7 @@ from agi_xmpp.config import AccountConfig, BindAddress, Config, DirectoryEntry, 
 from agi_xmpp.http_api import KEEPALIVE_TIMEOUT, SERVICES, start_http
 from agi_xmpp.presence import PresenceCache
 from agi_xmpp.services import Services
+from agi_xmpp.state_files import read_token
 from agi_xmpp.storage import AsyncStorage, Storage
 from fakes import FakePool
 from service_process import free_port
@@ -69,7 +70,7 @@ async def _start(tmp_path: Path, **general: object) -> Api:
     pool = FakePool()
     services = Services(config=config, storage=async_storage, presence=PresenceCache(), pool=pool)  # type: ignore[arg-type]
     http = await start_http(services)
-    token = (state_dir / "http-token").read_text().strip()
+    token = read_token(state_dir)
     return Api(f"http://127.0.0.1:{port}", port, token, pool, async_storage, state_dir, http)
 
 
