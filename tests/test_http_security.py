@@ -155,11 +155,16 @@ async def test_token_file_is_private_and_kept_across_starts(tmp_path):
     assert stat.S_IMODE((tmp_path / "state" / "agi-xmpp.sqlite3").stat().st_mode) == 0o600
 
 
+def _cli_config(path: Path, port: int, state_dir: Path) -> Path:
+    """A configuration for the CLI: the API's port, a state_dir (where the token is looked for)."""
+    path.write_text(f"[general]\nhttp_bind = 127.0.0.1:{port}\nstate_dir = {state_dir}\n"
+                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    return path
+
+
 async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
     """`agi-xmpp send` finds the token in state_dir without being told; `show connections` too."""
-    conf = tmp_path / "agi_xmpp.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {api.state_dir}\n"
-                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    conf = _cli_config(tmp_path / "agi_xmpp.conf", api.port, api.state_dir)
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi", "there"])
     assert code == 0, capsys.readouterr().err
     assert api.pool.sent == [("asterisk", "bob@example.com", "hi there")]
@@ -168,9 +173,7 @@ async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
 
 async def test_cli_without_the_token_file_says_why(api, tmp_path, capsys):
     """A CLI whose state_dir holds no token (another user's, or wrong config) says so plainly."""
-    conf = tmp_path / "other.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {tmp_path / 'elsewhere'}\n"
-                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    conf = _cli_config(tmp_path / "other.conf", api.port, tmp_path / "elsewhere")
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi"])
     assert code == 1
     assert "no HTTP API token" in capsys.readouterr().err
