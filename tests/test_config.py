@@ -1132,6 +1132,11 @@ def _documented(section_heading: str) -> dict[str, str]:
     return {key: default.strip().strip("`") for key, default in rows}
 
 
+def test_configuration_md_lists_every_account_key():
+    """The accounts table documents exactly the keys an account section may hold."""
+    assert set(_documented("## Accounts")) == _CLIENT_KEYS | _OUR_ACCOUNT_KEYS
+
+
 @pytest.mark.parametrize("heading,keys,defaults", [
     ("## `[general]`", _GENERAL_KEYS, GeneralConfig()),
     ("## `[ami]`", _AMI_KEYS, AmiConfig(username="", secret="")),
