@@ -44,7 +44,9 @@ from .inbox import InboundMessage
 from .jid import parse_jid
 from .presence import PresenceCache, Show
 from .storage import AsyncStorage
-from .voicemail import Counts, Voicemail, check_spool, format_event_only, format_notification, scan_mailbox
+from .voicemail import (
+    Counts, Voicemail, check_spool, format_event_only, format_notification, non_negative_int, scan_mailbox,
+)
 from .xmpp_pool import XmppPool
 from .xmpp_session import Backoff
 
@@ -112,6 +114,7 @@ class AmiBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._mailbox_errors: set[str] = set()
         self._unknown_mailboxes: set[str] = set()
+        self._stopped = False  # the pool keeps our hooks: after stop() they pass everything on
 
     def __repr__(self) -> str:
         return f"<AmiBridge {self.link.state} [{len(self._calls)} calls pending]>"
@@ -136,6 +139,7 @@ class AmiBridge:
             self._tasks.append(asyncio.create_task(self._supervise(name, job), name=name))
 
     async def stop(self) -> None:
+        self._stopped = True
         await self.link.stop()
         for task in self._tasks:
             task.cancel()
@@ -177,10 +181,12 @@ class AmiBridge:
     async def resync(self, why: str) -> None:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
-        for call in self._calls.values():
-            # Asterisk's answer to these went with the old connection.
+        await self._recheck_spool()
+        # Asterisk's answer to these went with the old connection. Taken out first: a call placed
+        # while we reply (the commands task runs meanwhile) lands in the new dict, untouched.
+        lost, self._calls = self._calls, {}
+        for call in lost.values():
             await self._reply(call.user, c2c.LOST.format(target=call.target))
-        self._calls.clear()
         if self.ami.queue_pause:
             self._paused = await self._our_pauses()
         self._all_dirty = True
@@ -192,6 +198,18 @@ class AmiBridge:
         self.counters.resyncs += 1  # counted once done: tests and metrics see a finished one
 
     # -- voicemail ------------------------------------------------------------------------------
+
+    async def _recheck_spool(self) -> None:
+        """The spool may have been fixed (permissions, a mount) or lost since start: look again
+        at each resync (and at each event while it is broken), one log line per change."""
+        error = await asyncio.to_thread(check_spool, self.ami.voicemail_spool)
+        if error == self.spool_error:
+            return
+        if error:
+            log.error("voicemail_spool_unreadable", detail=error)
+        else:
+            log.info("voicemail_spool_readable", spool=self.ami.voicemail_spool)
+        self.spool_error = error
 
     async def mailbox_changed(self, mailbox: str, event: AmiEvent | None) -> None:
         """Notify the owner of ``mailbox`` about each new message not yet notified."""
@@ -205,6 +223,8 @@ class AmiBridge:
             return
         counts = _counts(event)
         messages: list[Voicemail] = []
+        if self.spool_error is not None:
+            await self._recheck_spool()  # fixed since? (only looked at while it is broken)
         if self.spool_error is None:
             try:
                 messages = await asyncio.to_thread(scan_mailbox, self.ami.voicemail_spool, mailbox)
@@ -268,15 +288,16 @@ class AmiBridge:
     async def _mailbox_counts(self, mailbox: str) -> Counts | None:
         try:
             reply = await self.link.action("MailboxCount", Mailbox=mailbox)
-        except AmiError:
+        except AmiError as exc:
+            log.warning("mailbox_count_failed", mailbox=mailbox, error=str(exc))  # no counts line
             return None
-        return Counts(new=_int(reply.get("NewMessages")) + _int(reply.get("UrgMessages")),
-                      old=_int(reply.get("OldMessages")))
+        return Counts(new=non_negative_int(reply.get("NewMessages")) + non_negative_int(reply.get("UrgMessages")),
+                      old=non_negative_int(reply.get("OldMessages")))
 
     # -- busy lamps and queue pause -------------------------------------------------------------
 
     def _presence_hook(self, account: str, bare: str | None) -> None:
-        if account != self.account:
+        if account != self.account or self._stopped:
             return
         if bare is None:
             self._all_dirty = True
@@ -358,10 +379,9 @@ class AmiBridge:
     def _message_hook(self, account: str, message: InboundMessage) -> bool:
         """Take ``call``/``help`` chats to the service account; everything else goes on to the
         inbox (jabber_receive and chat menus read the same account)."""
-        if account != self.account or message.kind not in ("chat", "normal"):
+        if self._stopped or account != self.account or message.kind not in ("chat", "normal"):
             return False
-        words = message.body.strip().split(None, 1)
-        if not words or words[0].lower() not in ("call", "dial", "help"):
+        if not c2c.is_command(message.body):
             return False
         self._commands.put_nowait(message)
         return True
@@ -488,10 +508,5 @@ def _service_account(config: Config) -> str:
 def _counts(event: AmiEvent | None) -> Counts | None:
     if event is None or "New" not in event.headers:
         return None
-    return Counts(new=_int(event.get("New")), old=_int(event.get("Old")))
+    return Counts(new=non_negative_int(event.get("New")), old=non_negative_int(event.get("Old")))
 
-
-def _int(value: str | None) -> int:
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0, int(value or 0))
-    return 0

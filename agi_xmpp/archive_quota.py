@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .inbox import CONTACT, STRANGER
+
 __all__ = ["Rate", "ArchiveQuota", "CONTACT_RATE", "STRANGER_RATE", "STRANGERS_RATE", "CONTACTS_RATE"]
 
 MIN_COST = 256  # characters a message costs at least: many tiny messages are not free
@@ -62,7 +64,7 @@ class ArchiveQuota:
         self._classes = {True: _Bucket(contacts.burst, now), False: _Bucket(strangers.burst, now)}
         self._senders: dict[tuple[str, str, bool], _Bucket] = {}
         self._max_senders = max_senders
-        self.skipped = {"contact": 0, "stranger": 0}
+        self.skipped = {CONTACT: 0, STRANGER: 0}
 
     def __repr__(self) -> str:
         return f"<ArchiveQuota [{len(self._senders)} senders, skipped {self.skipped}]>"
@@ -82,7 +84,7 @@ class ArchiveQuota:
         shared = self._classes[trusted]
         shared.refill(self._class_rates[trusted], now)
         if bucket.level < cost or shared.level < cost:
-            self.skipped["contact" if trusted else "stranger"] += 1
+            self.skipped[CONTACT if trusted else STRANGER] += 1
             return False
         bucket.level -= cost
         shared.level -= cost

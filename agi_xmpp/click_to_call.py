@@ -18,6 +18,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+#: The first words that make a chat message a command; any other message goes on to the inbox
+#: (jabber_receive and chat menus read the same account).
+CALL_VERBS = ("call", "dial")
+HELP_VERBS = ("help",)
+
 #: What may be dialled: digits, and * # + as a dialplan number can carry them.
 NUMBER = re.compile(r"\+?[0-9*#]{1,32}")
 
@@ -64,15 +69,21 @@ class Invalid:
 Command = Help | Call | Invalid
 
 
+def is_command(body: str) -> bool:
+    """Whether this chat message is for us (its first word is a command verb)."""
+    words = body.split(None, 1)
+    return bool(words) and words[0].lower() in CALL_VERBS + HELP_VERBS
+
+
 def parse_command(body: str) -> Command:
     """One chat message → the command it asks for."""
     words = body.strip().split()
     if not words:
         return Invalid("Empty message. " + HELP)
     verb = words[0].lower()
-    if verb in ("help", "?"):
+    if verb in HELP_VERBS:
         return Help()
-    if verb in ("call", "dial"):
+    if verb in CALL_VERBS:
         if len(words) != 2:
             return Invalid("Use: call <number>, e.g. call 5551234")
         target = words[1]

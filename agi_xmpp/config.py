@@ -485,33 +485,38 @@ _POLICY = {"accept": "accept", "deny": "deny"}
 _ACCOUNT_NAME = re.compile(r"[a-z0-9_][a-z0-9_.+\-]*")
 
 
+# The defaults are the dataclasses' own: one place (docs/configuration.md lists them).
+_GENERAL = GeneralConfig()
+_AMI = AmiConfig(username="", secret="")
+
+
 def _build_general(
     section: Section, base_dir: str, errors: list[ConfigError]
 ) -> tuple[GeneralConfig, _Values]:
     v = _Values(section, _GENERAL_KEYS, errors)
     state_dir = v.path("state_dir", DEFAULT_STATE_DIR, base_dir)
     general = GeneralConfig(
-        agi_bind=v.converted("agi_bind", DEFAULT_AGI_BIND, lambda s: parse_bind(s, 4573)),
-        agi_allow=v.converted("agi_allow", DEFAULT_AGI_ALLOW, _parse_networks),
-        http_bind=v.converted("http_bind", DEFAULT_HTTP_BIND, lambda s: parse_bind(s, 4580)),
+        agi_bind=v.converted("agi_bind", _GENERAL.agi_bind, lambda s: parse_bind(s, _GENERAL.agi_bind.port)),
+        agi_allow=v.converted("agi_allow", _GENERAL.agi_allow, _parse_networks),
+        http_bind=v.converted("http_bind", _GENERAL.http_bind, lambda s: parse_bind(s, _GENERAL.http_bind.port)),
         http_token=v.text("http_token"),
         state_dir=state_dir,
         database=v.converted("database", "", _parse_database),
-        log_format=v.choice("log_format", "console", {"console": "console", "json": "json"}),
+        log_format=v.choice("log_format", _GENERAL.log_format, {"console": "console", "json": "json"}),
         log_level=v.choice(
-            "log_level", "info", {w: w for w in ("debug", "info", "warning", "error")}
+            "log_level", _GENERAL.log_level, {w: w for w in ("debug", "info", "warning", "error")}
         ),
         default_account=(v.text("default_account") or "").lower() or None,
-        max_receive_timeout=v.integer("max_receive_timeout", 3600, 1, 86400),
-        outbox_ttl=v.integer("outbox_ttl", 3600, 1, 30 * 86400),
-        max_message_bytes=v.integer("max_message_bytes", 65536, 1, 16 * 1024 * 1024),
+        max_receive_timeout=v.integer("max_receive_timeout", _GENERAL.max_receive_timeout, 1, 86400),
+        outbox_ttl=v.integer("outbox_ttl", _GENERAL.outbox_ttl, 1, 30 * 86400),
+        max_message_bytes=v.integer("max_message_bytes", _GENERAL.max_message_bytes, 1, 16 * 1024 * 1024),
         xmpp_conf=v.path("xmpp_conf", None, base_dir),
-        keepalive_interval=v.integer("keepalive_interval", 60, 1, 3600),
-        reconnect_max_delay=v.integer("reconnect_max_delay", 60, 1, 3600),
+        keepalive_interval=v.integer("keepalive_interval", _GENERAL.keepalive_interval, 1, 3600),
+        reconnect_max_delay=v.integer("reconnect_max_delay", _GENERAL.reconnect_max_delay, 1, 3600),
         http_hosts=v.converted("http_hosts", (), _parse_hosts, optional=True),
-        agi_max_connections=v.integer("agi_max_connections", 4096, 8, 1_000_000),
-        http_max_connections=v.integer("http_max_connections", 256, 8, 100_000),
-        archive_retention=v.integer("archive_retention", 90, 0, 36500),
+        agi_max_connections=v.integer("agi_max_connections", _GENERAL.agi_max_connections, 8, 1_000_000),
+        http_max_connections=v.integer("http_max_connections", _GENERAL.http_max_connections, 8, 100_000),
+        archive_retention=v.integer("archive_retention", _GENERAL.archive_retention, 0, 36500),
     )
     return general, v
 
@@ -522,27 +527,53 @@ def _parse_hosts(text: str) -> tuple[str, ...]:
     for item in (part.strip().lower() for part in text.split(",")):
         if not item:
             continue
-        if not re.fullmatch(r"(\[[0-9a-f:.]+\]|[a-z0-9_.\-]+)(:[0-9]{1,5})?", item):
-            raise ValueError(f"not a host name or host:port: {item!r}")
+        parsed = split_host(item)
+        if parsed is None or not re.fullmatch(r"[0-9a-f:.]+|[a-z0-9_.\-]+", parsed[0]):
+            raise ValueError(f"not a host name or host:port (port 1-65535): {item!r}")
         hosts.append(item)
     return tuple(hosts)
+
+
+def split_host(value: str) -> tuple[str, int | None] | None:
+    """A ``Host`` header or an ``http_hosts`` entry → (lower-case host without brackets, port or
+    None); None if malformed. The HTTP API and the configuration read hosts with this one function."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return None
+        host, rest = value[1:end], value[end + 1 :]
+        if rest and not rest.startswith(":"):
+            return None
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = value.partition(":")
+        if ":" in port_text:
+            return None
+    if not host:
+        return None
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            return None
+        return host.rstrip("."), int(port_text)
+    return host.rstrip("."), None
 
 
 def _build_ami(section: Section, base_dir: str, errors: list[ConfigError]) -> AmiConfig:
     v = _Values(section, _AMI_KEYS, errors)
     return AmiConfig(
-        host=v.converted("host", "127.0.0.1", _no_space("host")),
-        port=v.integer("port", 5038, 1, 65535),
+        host=v.converted("host", _AMI.host, _no_space("host")),
+        port=v.integer("port", _AMI.port, 1, 65535),
         username=v.required("username"),
         secret=v.required("secret"),
-        originate_context=v.converted("originate_context", "from-internal", _no_space("a context")),
-        presence_to_hints=v.boolean("presence_to_hints", False),
-        voicemail_spool=v.path("voicemail_spool", "/var/spool/asterisk/voicemail", base_dir),
-        voicemail_upload=v.boolean("voicemail_upload", False),
-        voicemail_delete=v.boolean("voicemail_delete", False),
-        queue_pause=v.boolean("queue_pause", False),
-        queue_pause_shows=v.converted("queue_pause_shows", ("dnd",), _pause_shows),
-        call_limit=v.integer("call_limit", 5, 1, 1000),
+        originate_context=v.converted("originate_context", _AMI.originate_context, _no_space("a context")),
+        presence_to_hints=v.boolean("presence_to_hints", _AMI.presence_to_hints),
+        voicemail_spool=v.path("voicemail_spool", _AMI.voicemail_spool, base_dir),
+        voicemail_upload=v.boolean("voicemail_upload", _AMI.voicemail_upload),
+        voicemail_delete=v.boolean("voicemail_delete", _AMI.voicemail_delete),
+        queue_pause=v.boolean("queue_pause", _AMI.queue_pause),
+        queue_pause_shows=v.converted("queue_pause_shows", _AMI.queue_pause_shows, _pause_shows),
+        call_limit=v.integer("call_limit", _AMI.call_limit, 1, 1000),
     )
 
 

@@ -27,7 +27,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["Budgets", "plan_budgets", "raise_nofile_limit", "listen_socket", "ConnectionBudget"]
+__all__ = ["Budgets", "plan_budgets", "raise_nofile_limit", "listen_socket", "ConnectionBudget", "peer_ip"]
 
 # Descriptors kept out of the budgets: database pool (and SQLite's -wal/-shm), XMPP and AMI
 # sockets, the event loop's own, log files, the voicemail spool, Prosody upload requests.
@@ -122,6 +122,19 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def peer_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A socket's address text → its IP (scope id dropped), None if it is not one. An
+    IPv4-mapped IPv6 address (``::ffff:127.0.0.1``, how a dual-stack ``[::]`` listener sees an
+    IPv4 peer) is returned as the IPv4 address, so loopback and allowlist checks see 127.0.0.1."""
+    try:
+        address = ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def is_dual_stack(sock: socket.socket) -> bool:

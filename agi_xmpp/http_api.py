@@ -21,9 +21,9 @@ Who may ask what (docs/security.md has the whole threat model):
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
@@ -31,12 +31,13 @@ from importlib import resources
 import structlog
 from aiohttp import web
 
-from .config import make_directory_entry
-from .conn_limits import ConnectionBudget, listen_socket
+from .config import make_directory_entry, split_host
+from .conn_limits import ConnectionBudget, listen_socket, peer_ip
 from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
 from .services import Services
 from .state_files import ensure_token
+from .values import check_message_size
 
 log = structlog.get_logger(__name__)
 
@@ -71,45 +72,14 @@ def _error(status: int, text: str, **headers: str) -> web.Response:
 
 
 def _is_loopback(peer: str | None) -> bool:
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer.split("%")[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _split_host(value: str) -> tuple[str, int | None] | None:
-    """``Host`` header → (lower-case host without brackets, port or None); None if malformed."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        host, rest = value[1:end], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else ""
-    else:
-        host, _, port_text = value.partition(":")
-        if ":" in port_text:
-            return None
-    if not host:
-        return None
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            return None
-        return host.rstrip("."), int(port_text)
-    return host.rstrip("."), None
+    address = peer_ip(peer) if peer else None
+    return address is not None and address.is_loopback
 
 
 def _host_ok(request: web.Request) -> bool:
     """Whether ``Host`` names this service (see the module docstring)."""
     header = request.headers.get("Host")
-    parsed = _split_host(header) if header else None
+    parsed = split_host(header) if header else None
     if parsed is None:
         return False
     host, port = parsed
@@ -122,19 +92,12 @@ def _host_ok(request: web.Request) -> bool:
     local_host, local_port = sockname[0], sockname[1]
     if (port or 80) != local_port:
         return False
-    try:
-        local = ipaddress.ip_address(local_host.split("%")[0])
-    except ValueError:
+    local = peer_ip(local_host)  # a dual-stack listener reached over IPv4: its IPv4 address
+    if local is None:
         return False
-    if isinstance(local, ipaddress.IPv6Address) and local.ipv4_mapped is not None:
-        local = local.ipv4_mapped  # a dual-stack listener reached over IPv4
     if host == "localhost":
         return local.is_loopback
-    try:
-        named = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # any other name: configure it in http_hosts
-    return named == local
+    return peer_ip(host) == local  # any other name: configure it in http_hosts
 
 
 def _cross_origin(request: web.Request) -> bool:
@@ -220,7 +183,12 @@ def _text(data: dict[str, object], key: str) -> str:
         return ""
     if not isinstance(value, str | int):
         raise BadRequest(f"{key} must be a string")
-    return str(value)
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # JSON's "\ud800": a lone surrogate no XMPP server would take
+        raise BadRequest(f"{key} is not valid Unicode (a lone surrogate)") from None
+    return text
 
 
 async def health(request: web.Request) -> web.Response:
@@ -307,9 +275,7 @@ async def post_message(request: web.Request) -> web.Response:
     body = _text(data, "body")
     if not body.strip():
         raise ScriptError("empty message")
-    limit = services.config.general.max_message_bytes
-    if len(body.encode()) > limit:
-        raise ScriptError(f"message longer than max_message_bytes ({limit})")
+    check_message_size(body, services.config.general.max_message_bytes)
     outcome, stanza_id = await services.pool.submit(account.name, to, body)
     return web.json_response({"status": outcome.value, "id": stanza_id})
 
@@ -401,10 +367,15 @@ def _entry_dict(entry: object) -> dict[str, object]:
     return {k: getattr(entry, k) for k in ("extension", "jid", "device", "mailbox")}
 
 
+@functools.cache
+def _board_page() -> str:
+    """board.html, read once: no file read on the event loop for each request of the page."""
+    return resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
+
+
 async def board(_request: web.Request) -> web.Response:
     """The live presence board of the directory (a static page polling /api/board)."""
-    page = resources.files(__package__).joinpath("board.html").read_text(encoding="utf-8")
-    response = web.Response(text=page, content_type="text/html", charset="utf-8")
+    response = web.Response(text=_board_page(), content_type="text/html", charset="utf-8")
     response.headers["Content-Security-Policy"] = (
         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
         "connect-src 'self'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
@@ -415,7 +386,7 @@ async def board(_request: web.Request) -> web.Response:
 def _parse_hosts(hosts: Iterable[str]) -> tuple[tuple[str, int | None], ...]:
     parsed = []
     for entry in hosts:
-        split = _split_host(entry)
+        split = split_host(entry)
         if split is not None:
             parsed.append(split)
     return tuple(parsed)

@@ -239,6 +239,11 @@ class PresenceCache:
         acct = self._accounts.get(account.lower())
         return sorted(acct.roster) if acct else []
 
+    def in_roster(self, account: str, bare: str) -> bool:
+        """Whether ``bare`` (a normalised bare JID) is a roster contact: the answer that is not 7."""
+        acct = self._accounts.get(account.lower())
+        return acct is not None and bare in acct.roster
+
     # -- presence --------------------------------------------------------------------------------
 
     def update(

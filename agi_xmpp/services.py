@@ -124,10 +124,9 @@ def _is_trusted(pool: XmppPool, presence: PresenceCache, account: str, message: 
     if message.kind == GROUPCHAT:
         session = pool.sessions.get(account)
         return session is not None and message.sender.bare in session.joined_rooms()
-    return presence.status(account, message.sender.bare_jid()).code != NOT_IN_ROSTER
+    return presence.in_roster(account, message.sender.bare)
 
 
-NOT_IN_ROSTER = 7  # jabber_status's code for a sender outside the roster (SPEC §2.2)
 ARCHIVE_PURGE_INTERVAL = 3600.0  # seconds between archive retention passes
 
 

@@ -108,7 +108,7 @@ def scan_mailbox(spool: str | Path, mailbox: str) -> list[Voicemail]:
             except FileNotFoundError:
                 continue  # renumbered or deleted while we looked
             stem = f"msg{match.group(1)}"
-            origtime = _int(values.get("origtime"))
+            origtime = non_negative_int(values.get("origtime"))
             msg_id = values.get("msg_id") or f"{folder}-{stem}-{origtime}"
             recording = next(
                 (directory / (stem + ext) for ext in _AUDIO_PREFERENCE if stem + ext in names_set), None
@@ -120,7 +120,7 @@ def scan_mailbox(spool: str | Path, mailbox: str) -> list[Voicemail]:
                     folder=folder,
                     callerid=values.get("callerid", ""),
                     origtime=origtime,
-                    duration=_int(values.get("duration")),
+                    duration=non_negative_int(values.get("duration")),
                     urgent=folder == "Urgent" or "urgent" in values.get("flag", "").lower(),
                     recording=recording,
                 )
@@ -179,7 +179,8 @@ def _counts_line(counts: Counts) -> str:
     return f"Mailbox: {counts.new} new, {counts.old} old."
 
 
-def _int(value: str | None) -> int:
+def non_negative_int(value: str | None) -> int:
+    """A count or time from a msgNNNN.txt or an AMI header; 0 when missing or not a number."""
     try:
         return max(0, int((value or "").strip()))
     except ValueError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,12 +21,7 @@ from agi_xmpp.scripts import registry
 from agi_xmpp.services import Services, running_services
 
 from fake_asterisk import CallResult, agi_call
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from service_process import free_port
 
 
 def service_config(

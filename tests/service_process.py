@@ -27,6 +27,7 @@ from pathlib import Path
 import aiohttp
 from fake_asterisk import CallResult, agi_call
 
+from agi_xmpp.state_files import TOKEN_FILE, read_token
 from tools.local_prosody import LocalProsody
 
 SERVICE_BIN = Path(sys.executable).with_name("agi-xmpp")
@@ -172,7 +173,7 @@ class ServiceProcess:
     @property
     def api_token(self) -> str:
         """The token the service wrote in its state directory (what the CLI reads)."""
-        return (self.workdir / "state" / "http-token").read_text().strip()
+        return read_token(self.workdir / "state")
 
     async def http(self, method: str, path: str, *, token: str | None | object = "auto",
                    json: object = None) -> tuple[int, dict] | None:
@@ -180,7 +181,7 @@ class ServiceProcess:
 
         ``token="auto"`` sends the service's own token (once it has written it); None sends none."""
         if token == "auto":
-            token = self.http_token or (self.api_token if (self.workdir / "state" / "http-token").exists() else None)
+            token = self.http_token or (self.api_token if (self.workdir / "state" / TOKEN_FILE).exists() else None)
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         url = f"http://{self.host}:{self.http_port}{path}"
         try:

@@ -17,25 +17,8 @@ from agi_xmpp.jid import parse_jid
 from agi_xmpp.presence import PresenceCache
 from agi_xmpp.storage import AsyncStorage, Storage
 
+from fakes import FakePool
 from test_voicemail import write_message
-
-
-class FakePool:
-    """Records what would be sent; hooks are kept so tests can call them."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, str]] = []
-        self.message_hooks: list = []
-        self.presence_hooks: list = []
-
-    async def send(self, account, to, body, kind="chat"):
-        self.sent.append((to.bare, body))
-
-    def add_message_hook(self, hook) -> None:
-        self.message_hooks.append(hook)
-
-    def add_presence_hook(self, hook) -> None:
-        self.presence_hooks.append(hook)
 
 
 class FakeLink:
@@ -100,8 +83,8 @@ async def test_each_msg_id_is_notified_once(bridge):
     mw = event("MessageWaiting", Mailbox="2001@default", Waiting="1", New="1", Old="0")
     await bridge._handle(mw)
     await bridge._handle(mw)
-    assert [to for to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
-    assert "1 new, 0 old" in bridge.fake_pool.sent[0][1]
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+    assert "1 new, 0 old" in bridge.fake_pool.sent[0][2]
 
 
 async def test_resync_reads_counts_from_asterisk_and_skips_unknown_mailboxes(bridge):
@@ -111,7 +94,7 @@ async def test_resync_reads_counts_from_asterisk_and_skips_unknown_mailboxes(bri
     await bridge._handle(event("agi-xmpp:link-up"))
     await bridge._handle(event("MessageWaiting", Mailbox="2999@default", New="1", Old="0"))
     assert len(bridge.fake_pool.sent) == 1
-    assert "1 new, 3 old" in bridge.fake_pool.sent[0][1]
+    assert "1 new, 3 old" in bridge.fake_pool.sent[0][2]
 
 
 async def test_upload_failure_leaves_the_text_alone_and_success_adds_the_url(bridge):
@@ -134,7 +117,7 @@ async def test_upload_failure_leaves_the_text_alone_and_success_adds_the_url(bri
     bridge._uploader = works
     write_message(bridge.spool, "2001@default", "INBOX", 1, msg_id="2-2")
     await bridge.mailbox_changed("2001@default", None)
-    assert [body for _, body in bridge.fake_pool.sent[1:]][1] == "https://upload.example.com/2-2.wav"
+    assert [body for _, _, body in bridge.fake_pool.sent[1:]][1] == "https://upload.example.com/2-2.wav"
 
 
 async def test_delete_yes_notifies_from_the_event_once_and_not_for_the_owner(bridge):
@@ -150,7 +133,7 @@ async def test_delete_yes_notifies_from_the_event_once_and_not_for_the_owner(bri
     await bridge._handle(event("MessageWaiting", Mailbox="2001@default", New="0", Old="0",
                                Uniqueid="18.1", CallerIDNum="2001"))
     assert len(bridge.fake_pool.sent) == 1
-    assert "Bob <5550100>" in bridge.fake_pool.sent[0][1]
+    assert "Bob <5550100>" in bridge.fake_pool.sent[0][2]
 
 
 def chat(sender: str, body: str) -> InboundMessage:
@@ -180,7 +163,7 @@ async def test_originate_and_its_response_reach_the_user(bridge):
         "PJSIP/2001", "out", "5551234", "true")
     assert headers["ChannelId"] == headers["ActionID"]
     await bridge._handle(event("OriginateResponse", ActionID=headers["ActionID"], Response="Failure", Reason="5"))
-    bodies = [body for _, body in bridge.fake_pool.sent]
+    bodies = [body for _, _, body in bridge.fake_pool.sent]
     assert bodies[0].startswith("Calling your phone") and bodies[1].startswith("Busy")
 
 
@@ -189,7 +172,7 @@ async def test_rejected_originate_and_strangers_get_answers(bridge):
     bridge.link.fail["Originate"] = "Originate: Permission denied"
     await bridge._command(chat("bob@example.com", "call 100"))
     await bridge._command(chat("mallory@example.net", "call 100"))
-    (bob, reply), (mallory, refusal) = bridge.fake_pool.sent
+    (_, bob, reply), (_, mallory, refusal) = bridge.fake_pool.sent
     assert bob == "bob@example.com" and "Permission denied" in reply
     assert mallory == "mallory@example.net" and "only users in the PBX directory" in refusal
 
@@ -198,9 +181,27 @@ async def test_a_call_pending_when_the_link_drops_is_answered_at_resync(bridge):
     """No OriginateResponse will come for a call of the old connection: the user is told."""
     await bridge._command(chat("alice@example.com/phone", "call 5551234"))
     await bridge._handle(event("agi-xmpp:link-up"))
-    bodies = [body for _, body in bridge.fake_pool.sent]
+    bodies = [body for _, _, body in bridge.fake_pool.sent]
     assert bodies[-1].startswith("The connection to the PBX was lost")
     assert not bridge._calls
+
+
+async def test_a_call_placed_while_resync_replies_is_kept(bridge):
+    """Resync tells each pending caller their call is lost; a call placed meanwhile (the
+    commands task runs while a reply is stored) neither breaks the resync nor is dropped."""
+    await bridge._command(chat("alice@example.com/phone", "call 5551234"))
+    send = bridge.fake_pool.send
+
+    async def send_and_call_again(account, to, body, kind="chat"):
+        outcome = await send(account, to, body, kind)
+        if body.startswith("The connection to the PBX was lost"):
+            await bridge._command(chat("bob@example.com", "call 5550000"))
+        return outcome
+
+    bridge.fake_pool.send = send_and_call_again
+    await bridge._handle(event("agi-xmpp:link-up"))
+    assert bridge.counters.resyncs == 1
+    assert [c.target for c in bridge._calls.values()] == ["5550000"]
 
 
 async def test_unreadable_spool_is_reported_once_and_events_do_not_fail(tmp_path, bridge):
@@ -222,4 +223,49 @@ async def test_fullybooted_rescans_mailboxes(bridge):
     write_message(bridge.spool, "2001@default", "INBOX", 0, msg_id="5-5")
     await bridge._handle(event("FullyBooted", Status="Fully Booted"))
     assert bridge.counters.resyncs == 1
-    assert [to for to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
+async def test_a_spool_fixed_after_start_is_read_at_the_next_resync(tmp_path, bridge):
+    """A spool missing at start (one error) that appears later is read at the next resync
+    (reconnect or FullyBooted): its voicemail is notified without restarting the service."""
+    import dataclasses
+
+    spool = tmp_path / "late-spool"
+    ami = dataclasses.replace(bridge.ami, voicemail_spool=str(spool))
+    late = AmiBridge(dataclasses.replace(bridge.config, ami=ami), bridge.storage, PresenceCache(),
+                     bridge.fake_pool)  # type: ignore[arg-type]
+    late.link = FakeLink()  # type: ignore[assignment]
+    assert "does not exist" in late.spool_error
+    spool.mkdir()
+    write_message(spool, "2001@default", "INBOX", 0, msg_id="7-7")
+    await late._handle(event("FullyBooted", Status="Fully Booted"))
+    assert late.spool_error is None
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
+async def test_a_spool_fixed_after_start_is_read_at_the_next_voicemail(tmp_path, bridge):
+    """While the spool is broken each MessageWaiting looks again: the first voicemail after it
+    is fixed is notified, with no resync needed."""
+    import dataclasses
+
+    spool = tmp_path / "late-spool"
+    ami = dataclasses.replace(bridge.ami, voicemail_spool=str(spool))
+    late = AmiBridge(dataclasses.replace(bridge.config, ami=ami), bridge.storage, PresenceCache(),
+                     bridge.fake_pool)  # type: ignore[arg-type]
+    late.link = FakeLink()  # type: ignore[assignment]
+    await late._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
+    assert bridge.fake_pool.sent == []
+    spool.mkdir()
+    write_message(spool, "2001@default", "INBOX", 0, msg_id="8-8")
+    await late._handle(event("MessageWaiting", Mailbox="2001@default", New="1", Old="0"))
+    assert [to for _, to, _ in bridge.fake_pool.sent] == ["alice@example.com"]
+
+
+async def test_after_stop_chat_commands_go_on_to_the_inbox(bridge):
+    """The pool keeps the bridge's hooks: once stopped, a 'call' chat is not taken into a queue
+    nobody reads any more, it goes on to the inbox like any message."""
+    await bridge.start()
+    (hook,) = bridge.fake_pool.message_hooks
+    await bridge.stop()
+    assert hook("asterisk", chat("alice@example.com/phone", "call 5551234")) is False

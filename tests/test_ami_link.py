@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from agi_xmpp.ami_link import AmiLink, AmiNotConnected
 from agi_xmpp.config import AmiConfig
 from agi_xmpp.xmpp_session import Backoff
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from service_process import free_port
 
 
 async def test_asterisk_down_is_a_clear_state_and_actions_fail_fast():
-    """Nothing listening: the link says 'down' with the reason, keeps retrying, and an action
+    """Nothing listening (a free port): the link says 'down' with the reason, keeps retrying, and an action
     raises AmiNotConnected instead of hanging."""
-    link = AmiLink(AmiConfig(username="u", secret="s", port=closed_port()), asyncio.Queue(),
+    link = AmiLink(AmiConfig(username="u", secret="s", port=free_port()), asyncio.Queue(),
                    backoff=Backoff(initial=0.05, cap=0.1))
     task = asyncio.create_task(link.run())
     try:
@@ -78,6 +72,7 @@ class FakeAsterisk:
         for writer in self.writers:
             writer.close()
         self.server.close()
+        await self.server.wait_closed()  # the handlers have ended: nothing outlives the test
 
 
 async def next_event(queue: asyncio.Queue, timeout: float = 30.0):

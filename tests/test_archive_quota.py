@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+from fakes import FakeClock
+
 from agi_xmpp.archive_quota import MIN_COST, STRANGER_RATE, STRANGERS_RATE, ArchiveQuota
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_one_stranger_writes_its_burst_then_its_rate():

@@ -17,7 +17,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from test_ami_link import FakeAsterisk, closed_port
+from service_process import free_port
+from test_ami_link import FakeAsterisk
 
 from agi_xmpp import cli
 
@@ -30,8 +31,8 @@ def write_config(tmp_path: Path, ami: str | None, *, directory: str = "") -> Pat
     path = tmp_path / "agi_xmpp.conf"
     text = f"""\
 [general]
-agi_bind = 127.0.0.1:{closed_port()}
-http_bind = 127.0.0.1:{closed_port()}
+agi_bind = 127.0.0.1:{free_port()}
+http_bind = 127.0.0.1:{free_port()}
 state_dir = {tmp_path / 'state'}
 log_format = json
 reconnect_max_delay = 2
@@ -39,7 +40,7 @@ reconnect_max_delay = 2
 username = asterisk@localhost
 secret = x
 serverhost = 127.0.0.1
-port = {closed_port()}
+port = {free_port()}
 tls_verify = no
 """
     if ami is not None:
@@ -100,7 +101,7 @@ async def show_connections_until(config: Path, wanted: str, timeout: float = 60.
 async def test_show_connections_names_an_ami_link_that_is_down(tmp_path):
     """Asterisk not listening: under the XMPP account, the AMI link's host:port, 'Down' with
     the reason, and its counters, from the running service's API with its token file."""
-    port = closed_port()
+    port = free_port()
     config = write_config(tmp_path, f"host = 127.0.0.1\nport = {port}\nusername = agi-xmpp\nsecret = s\n")
     async with serving(config):
         out = await show_connections_until(config, "- Down (")

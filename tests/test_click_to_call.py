@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agi_xmpp.click_to_call import Call, Help, Invalid, RateLimit, outcome_text, parse_command
+from agi_xmpp.click_to_call import Call, Help, Invalid, RateLimit, is_command, outcome_text, parse_command
 
 
 @pytest.mark.parametrize(
@@ -32,6 +32,18 @@ def test_parse_command(body, expected):
         assert isinstance(got, Invalid) and got.reply
     else:
         assert got == expected
+
+
+@pytest.mark.parametrize(("body", "taken"), [
+    ("call 5551234", True), (" Dial 2002", True), ("HELP", True), ("call", True),
+    ("1", False), ("?", False), ("callback later", False), ("", False), ("please call me", False),
+])
+def test_is_command_decides_which_chats_are_ours(body, taken):
+    """Only messages whose first word is call, dial or help are commands; the rest (a chat
+    menu's "1", a question) go on to the inbox. parse_command knows the same verbs."""
+    assert is_command(body) is taken
+    if taken:
+        assert not (isinstance(parse_command(body), Invalid) and "Unknown command" in parse_command(body).reply)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,6 +28,7 @@ from agi_xmpp.config import (
     parse_xmpp_conf,
     render_accounts,
 )
+from agi_xmpp.config import _AMI_KEYS, _CLIENT_KEYS, _GENERAL_KEYS, _OUR_ACCOUNT_KEYS
 from agi_xmpp.errors import ConfigError, DirectoryError, UnknownAccount
 
 ACCOUNT = """\
@@ -1119,16 +1121,40 @@ def test_the_shipped_sample_config_loads(tmp_path: Path) -> None:
     config = load_config(sample)
     assert config.general == GeneralConfig()
     text = sample.read_text()
-    for key in (
-        "agi_bind", "agi_allow", "http_bind", "http_token", "database", "state_dir", "log_format",
-        "log_level", "default_account", "max_receive_timeout", "outbox_ttl", "max_message_bytes",
-        "xmpp_conf", "serverhost", "username", "secret", "port", "priority", "status",
-        "statusmessage", "usetls", "usesasl", "forceoldssl", "buddy", "autoregister", "autoprune",
-        "auth_policy", "timeout", "keepalive", "tls_verify", "cafile", "resource", "host",
-        "originate_context", "presence_to_hints", "voicemail_spool", "voicemail_upload",
-        "http_hosts", "agi_max_connections", "http_max_connections", "archive_retention",
-    ):  # fmt: skip
+    for key in sorted(_GENERAL_KEYS | _AMI_KEYS | _CLIENT_KEYS | _OUR_ACCOUNT_KEYS):
         assert f";{key} =" in text or f"; {key} =" in text or f"\n{key} =" in text, key
+
+
+def _documented(section_heading: str) -> dict[str, str]:
+    """The ``| `key` | default |`` rows of one section's table in docs/configuration.md."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    body = text.split(section_heading + "\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]*) \|", body, re.MULTILINE)
+    return {key: default.strip().strip("`") for key, default in rows}
+
+
+def test_configuration_md_lists_every_account_key():
+    """The accounts table documents exactly the keys an account section may hold."""
+    assert set(_documented("## Accounts")) == _CLIENT_KEYS | _OUR_ACCOUNT_KEYS
+
+
+@pytest.mark.parametrize("heading,keys,defaults", [
+    ("## `[general]`", _GENERAL_KEYS, GeneralConfig()),
+    ("## `[ami]`", _AMI_KEYS, AmiConfig(username="", secret="")),
+])
+def test_configuration_md_lists_every_key_with_its_default(heading, keys, defaults):
+    """docs/configuration.md documents exactly the keys config.py reads, and each plain default
+    (number, yes/no, word) is the dataclass's own."""
+    documented = _documented(heading)
+    assert set(documented) == set(keys)
+    for key, text in documented.items():
+        value = getattr(defaults, key)
+        if isinstance(value, bool):
+            assert text == ("yes" if value else "no"), key
+        elif isinstance(value, int | str) and not text.startswith(("*", "sqlite")):
+            assert text == str(value), key
+        elif isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+            assert text == ", ".join(value), key
 
 
 def test_security_and_limit_keys(tmp_path):
@@ -1140,6 +1166,9 @@ def test_security_and_limit_keys(tmp_path):
     assert g.http_hosts == ("pbx.example.com", "board.example.com:8443")
     assert (g.agi_max_connections, g.http_max_connections, g.archive_retention) == (100, 20, 0)
     err = error_of(tmp_path, "[general]\nhttp_hosts = evil example\n")
+    assert_error(err, tmp_path / "agi_xmpp.conf", 2, "http_hosts")
+    # a port the HTTP API could never match is refused here, not ignored there (config.split_host)
+    err = error_of(tmp_path, "[general]\nhttp_hosts = pbx.example.com:99999\n")
     assert_error(err, tmp_path / "agi_xmpp.conf", 2, "http_hosts")
     err = error_of(tmp_path, "[general]\nagi_max_connections = 2\n")
     assert_error(err, tmp_path / "agi_xmpp.conf", 2, "agi_max_connections")

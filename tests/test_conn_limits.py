@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from agi_xmpp.agi_server import AgiServer, ScriptRegistry
-from agi_xmpp.conn_limits import RESERVED_FDS, listen_socket, plan_budgets, raise_nofile_limit
+from agi_xmpp.conn_limits import RESERVED_FDS, listen_socket, peer_ip, plan_budgets, raise_nofile_limit
 from fake_asterisk import agi_call
 
 HAS_IPV6 = socket.has_ipv6
@@ -129,6 +129,21 @@ def test_allowlist_treats_ipv4_mapped_peers_as_ipv4(peer, allow, ok):
     """The allowlist decides on the IPv4 address inside an IPv4-mapped IPv6 peer."""
     server = AgiServer(_registry(), None, allow=allow)
     assert server.allowed((peer, 4573, 0, 0)) is ok
+
+
+@pytest.mark.parametrize("text,ip", [
+    ("::ffff:127.0.0.1", "127.0.0.1"),
+    ("127.0.0.1", "127.0.0.1"),
+    ("::1", "::1"),
+    ("fe80::1%eth0", "fe80::1"),
+    ("localhost", None),
+    ("", None),
+])
+def test_peer_ip_reads_mapped_addresses_as_ipv4(text, ip):
+    """peer_ip gives the IPv4 address inside an IPv4-mapped one, drops a scope id, and None
+    for anything that is not an IP (a host name)."""
+    result = peer_ip(text)
+    assert (None if result is None else str(result)) == ip
 
 
 def test_only_the_ipv6_wildcard_is_dual_stack():

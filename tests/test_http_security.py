@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import stat
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -24,38 +23,10 @@ from agi_xmpp.config import AccountConfig, BindAddress, Config, DirectoryEntry, 
 from agi_xmpp.http_api import KEEPALIVE_TIMEOUT, SERVICES, start_http
 from agi_xmpp.presence import PresenceCache
 from agi_xmpp.services import Services
+from agi_xmpp.state_files import read_token
 from agi_xmpp.storage import AsyncStorage, Storage
-from agi_xmpp.supervisor import Supervisor
-from agi_xmpp.xmpp_pool import PoolCounters, SendOutcome
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class FakePool:
-    sent: list[tuple[str, str, str]] = field(default_factory=list)
-    sessions: dict = field(default_factory=dict)
-    inboxes: dict = field(default_factory=dict)
-    counters: PoolCounters = field(default_factory=PoolCounters)
-    supervisor: Supervisor = field(default_factory=Supervisor)
-
-    async def send(self, account: str, to, body: str) -> SendOutcome:
-        self.sent.append((account, to.bare, body))
-        return SendOutcome.SUCCESS
-
-    async def submit(self, account: str, to, body: str, kind: str = "chat", **_options) -> tuple[SendOutcome, str]:
-        """The pool's send-and-return-the-id entry point (what POST /api/messages calls)."""
-        return await self.send(account, to, body), f"agx-test-{len(self.sent)}"
-
-    def connections(self) -> list:
-        return []
-
-    def all_online(self) -> bool:
-        return True
+from fakes import FakePool
+from service_process import free_port
 
 
 @dataclass
@@ -99,7 +70,7 @@ async def _start(tmp_path: Path, **general: object) -> Api:
     pool = FakePool()
     services = Services(config=config, storage=async_storage, presence=PresenceCache(), pool=pool)  # type: ignore[arg-type]
     http = await start_http(services)
-    token = (state_dir / "http-token").read_text().strip()
+    token = read_token(state_dir)
     return Api(f"http://127.0.0.1:{port}", port, token, pool, async_storage, state_dir, http)
 
 
@@ -184,11 +155,16 @@ async def test_token_file_is_private_and_kept_across_starts(tmp_path):
     assert stat.S_IMODE((tmp_path / "state" / "agi-xmpp.sqlite3").stat().st_mode) == 0o600
 
 
+def _cli_config(path: Path, port: int, state_dir: Path) -> Path:
+    """A configuration for the CLI: the API's port, a state_dir (where the token is looked for)."""
+    path.write_text(f"[general]\nhttp_bind = 127.0.0.1:{port}\nstate_dir = {state_dir}\n"
+                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    return path
+
+
 async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
     """`agi-xmpp send` finds the token in state_dir without being told; `show connections` too."""
-    conf = tmp_path / "agi_xmpp.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {api.state_dir}\n"
-                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    conf = _cli_config(tmp_path / "agi_xmpp.conf", api.port, api.state_dir)
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi", "there"])
     assert code == 0, capsys.readouterr().err
     assert api.pool.sent == [("asterisk", "bob@example.com", "hi there")]
@@ -197,9 +173,7 @@ async def test_cli_reads_the_token_file_itself(api, tmp_path, capsys):
 
 async def test_cli_without_the_token_file_says_why(api, tmp_path, capsys):
     """A CLI whose state_dir holds no token (another user's, or wrong config) says so plainly."""
-    conf = tmp_path / "other.conf"
-    conf.write_text(f"[general]\nhttp_bind = 127.0.0.1:{api.port}\nstate_dir = {tmp_path / 'elsewhere'}\n"
-                    "default_account = asterisk\n[asterisk]\nusername = asterisk@example.com\nsecret = x\n")
+    conf = _cli_config(tmp_path / "other.conf", api.port, tmp_path / "elsewhere")
     code = await asyncio.to_thread(cli.main, ["-c", str(conf), "send", "", "bob@example.com", "hi"])
     assert code == 1
     assert "no HTTP API token" in capsys.readouterr().err
@@ -315,7 +289,8 @@ async def test_json_with_a_charset_parameter_is_json(api):
 
 
 @pytest.mark.parametrize("body", [b"{", b"", b"[1, 2]", b"\"text\"", b"\xff\xfe{", b"{\"to\": [\"x\"], \"body\": \"b\"}",
-                                  b"{\"to\": \"bob@example.com\", \"body\": {\"x\": 1}}", b"null", b"1e999999"])
+                                  b"{\"to\": \"bob@example.com\", \"body\": {\"x\": 1}}", b"null", b"1e999999",
+                                  b"{\"to\": \"bob@example.com\", \"jid\": \"b\\ud800@x\", \"body\": \"a\\ud800\"}"])
 async def test_malformed_json_is_400_never_500(api, body):
     """Malformed JSON, a JSON value that is not an object, or fields of the wrong type: 400."""
     for path in ("/api/messages", "/api/directory"):
@@ -323,6 +298,14 @@ async def test_malformed_json_is_400_never_500(api, body):
                                           headers={"Content-Type": "application/json"})
         assert status == 400, (path, reply)
         assert isinstance(reply, dict) and reply["error"]
+    assert api.pool.sent == []
+
+
+async def test_a_message_over_max_message_bytes_is_400_and_not_sent(api):
+    """POST /api/messages applies max_message_bytes like jabber_send does (same check, same words)."""
+    too_long = {**MESSAGE, "body": "é" * 40_000}  # 80,000 UTF-8 bytes > 65,536
+    status, reply = await api.request("POST", "/api/messages", token=api.token, json_body=too_long)
+    assert status == 400 and "max_message_bytes (65536)" in reply["error"]
     assert api.pool.sent == []
 
 

@@ -6,28 +6,17 @@ import itertools
 
 import pytest
 
+from fakes import FakeClock
+
 from agi_xmpp.inbox import STRANGER_QUOTA, InboundMessage, Inbox, Matcher, Waiter
 from agi_xmpp.jid import parse_jid
 
 _ids = itertools.count()
 
 
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 500.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 @pytest.fixture

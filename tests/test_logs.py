@@ -9,15 +9,9 @@ import logging
 import pytest
 import structlog
 
+from fakes import FakeClock
+
 from agi_xmpp import logs
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_rate_limiter_passes_a_burst_then_counts():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from fakes import FakeClock
+
 from agi_xmpp.jid import parse_jid
 from agi_xmpp.presence import (
     CODES,
@@ -19,19 +21,6 @@ from agi_xmpp.presence import (
 
 ACCOUNT = "work"
 ALICE = "alice@example.com"
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float = 1.0) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -395,3 +384,11 @@ def test_many_updates_with_interleaved_lookups_stay_consistent(clock: FakeClock)
         cache.status(ACCOUNT, bares[n % 1000])
     last_available = {str(jid): n % 7 != 0 for n, jid in enumerate(jids)}
     assert cache.stats(ACCOUNT).resources == sum(last_available.values())
+
+
+def test_in_roster_agrees_with_status_7(cache: PresenceCache) -> None:
+    """in_roster is True exactly for the JIDs whose jabber_status answer is not 7."""
+    for bare in (ALICE, "bob@example.com", "mallory@example.net"):
+        assert cache.in_roster(ACCOUNT, bare) is (cache.status(ACCOUNT, parse_jid(bare)).code != 7)
+    assert cache.in_roster(ACCOUNT, ALICE) and not cache.in_roster(ACCOUNT, "mallory@example.net")
+    assert not cache.in_roster("no-such-account", ALICE)

@@ -29,10 +29,10 @@ from service_harness import (
     service_config,
     with_account_options,
 )
+from fakes import FakePool
 from service_process import ServiceProcess
 from structlog.testing import capture_logs
 
-from agi_xmpp.supervisor import Supervisor
 from agi_xmpp.config import (
     AccountConfig,
     BindAddress,
@@ -50,22 +50,10 @@ TOKEN = "tok-" + secrets.token_urlsafe(16)
 # -- the HTTP guard, with the caller's address faked -------------------------------------------
 
 
-class _FakePool:
-    def __init__(self) -> None:
-        self.sessions: dict = {}
-        self.supervisor = Supervisor()  # /health lists failed background jobs
-
-    def connections(self) -> list:
-        return []
-
-    def all_online(self) -> bool:
-        return True
-
-
 def _services(token: str | None) -> Services:
     general = GeneralConfig(http_bind=BindAddress("0.0.0.0", 4580), http_token=token)
     config = Config(path=None, general=general, accounts={})
-    return Services(config=config, storage=None, presence=None, pool=_FakePool())  # type: ignore[arg-type]
+    return Services(config=config, storage=None, presence=None, pool=FakePool())  # type: ignore[arg-type]
 
 
 @web.middleware
