@@ -422,6 +422,10 @@ class XmppPool:
         # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
         self.presence.drop_presence(account)
 
+    def presence_stale(self, account: str) -> None:
+        """Offline past the grace (the stream may still be resumed): presence can't be trusted."""
+        self.presence.drop_presence(account)
+
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
         self.presence.set_roster(account, bare_jids)
 

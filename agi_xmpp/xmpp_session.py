@@ -84,6 +84,7 @@ class SessionListener(Protocol):
     def session_online(self, account: str, *, resumed: bool) -> None: ...
     def session_offline(self, account: str, *, reason: str) -> None: ...
     def session_ended(self, account: str) -> None: ...
+    def presence_stale(self, account: str) -> None: ...
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None: ...
     def presence_received(
         self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
@@ -166,6 +167,8 @@ class XmppSession:
         self._keepalive_timeout = keepalive_timeout
         self._resume_grace = resume_grace
         self._server_resume_max: float | None = None  # <enabled max='…'/>: how long it keeps us
+        self._stale_timer: asyncio.TimerHandle | None = None
+        self._presence_dropped = False
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
         self._slow_backoff: dict[str, Backoff] = {
@@ -472,6 +475,12 @@ class XmppSession:
         if self._give_up_timer is not None:
             self._give_up_timer.cancel()
             self._give_up_timer = None
+        if self._stale_timer is not None:
+            self._stale_timer.cancel()
+            self._stale_timer = None
+        if resumed and self._presence_dropped:
+            self._probe_contacts()
+        self._presence_dropped = False
         self.state = "online"
         self.last_error = ""
         self.failure = ""
@@ -513,7 +522,29 @@ class XmppSession:
                 # nothing twice, so give up only after it, or our own grace if it said nothing.
                 grace = max(self._resume_grace, self._server_resume_max or 0.0)
                 self._give_up_timer = loop.call_later(grace, self._give_up_resumption)
+                # Presence cannot be trusted that long: it is dropped after our own grace, and
+                # asked for again (probes) if the stream is resumed after that.
+                self._stale_timer = loop.call_later(self._resume_grace, self._presence_went_stale)
         self._link_down.set()
+
+    def _presence_went_stale(self) -> None:
+        self._stale_timer = None
+        if self.online:
+            return
+        self._presence_dropped = True
+        self._listener.presence_stale(self.name)
+
+    def _probe_contacts(self) -> None:
+        """After a late resumption: the server does not resend presence on resume (XEP-0198 §5),
+        so ask it for our contacts' current presence (RFC 6121 §4.3 probes, answered by the
+        server for subscriptions we hold)."""
+        client = self._client
+        if client is None:
+            return
+        roster = client.client_roster
+        for jid in list(roster.keys()):
+            if jid != self._jid.bare and roster[jid]["to"]:
+                client.send_presence(pto=jid, ptype="probe")
 
     def _give_up_resumption(self) -> None:
         """Offline past the grace: the cached presence can no longer be trusted.
