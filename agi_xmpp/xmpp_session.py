@@ -340,9 +340,12 @@ class XmppSession:
         roster = client.roster[client.boundjid.bare]
         # res_xmpp's auth_policy: accept (default) authorises and subscribes back; deny refuses.
         client.roster.auto_authorize = account.auth_policy == "accept"
-        client.roster.auto_subscribe = account.auth_policy == "accept"
+        # Not slixmpp's auto_subscribe: it subscribes back on every request, even to a contact we
+        # already follow or asked (each fresh session gets pending requests again), and
+        # ejabberd's mod_pres_counter counts every one. _on_subscription_request asks only once.
+        client.roster.auto_subscribe = False
         roster.auto_authorize = client.roster.auto_authorize
-        roster.auto_subscribe = client.roster.auto_subscribe
+        roster.auto_subscribe = False
 
         handlers: dict[str, Callable] = {
             "session_start": self._on_session_start,
@@ -356,6 +359,7 @@ class XmppSession:
             "ssl_invalid_chain": self._on_tls_failed,
             "stream_error": self._on_stream_error,
             "roster_update": self._on_roster_update,
+            "roster_subscription_request": self._on_subscription_request,
             "presence": self._on_presence,
             "message": self._on_message,
             "message_error": self._on_message_error,
@@ -639,6 +643,15 @@ class XmppSession:
             for jid in list(roster.keys()):
                 if jid != self._jid.bare and jid.lower() not in wanted and roster[jid]["subscription"] != "none":
                     client.del_roster_item(jid)
+
+    def _on_subscription_request(self, presence: object) -> None:
+        """res_xmpp's auth_policy=accept: subscribe back, unless we follow or asked already.
+        (slixmpp's own handler, registered first, has approved the request.)"""
+        if self.account.auth_policy != "accept" or self._client is None:
+            return
+        item = self._client.client_roster[presence["from"].bare]  # type: ignore[index]
+        if not item["to"] and not item["pending_out"]:
+            item.subscribe()
 
     def _on_roster_update(self, _iq: object) -> None:
         """Report roster membership after every roster result or push.
