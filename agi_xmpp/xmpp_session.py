@@ -513,6 +513,8 @@ class XmppSession:
             self._fail("tls", f"TLS: {_tls_reason(reason)}")
         elif reason and not self.failure:
             self._fail("tcp" if isinstance(reason, OSError) else "stream", str(reason))
+        elif not self.failure:
+            self._fail("stream", "the server closed the connection")
         self.delivery.link_lost()
         self._cancel_helpers()
         self._attempt_failed(self.last_error or "disconnected")
