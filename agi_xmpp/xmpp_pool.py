@@ -432,6 +432,10 @@ class XmppPool:
         for hook in self._presence_hooks:
             hook(account, None)
 
+    def presence_stale(self, account: str) -> None:
+        """Offline past the grace (the stream may still be resumed): presence can't be trusted."""
+        self.presence.drop_presence(account)
+
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None:
         self.presence.set_roster(account, bare_jids)
 

@@ -88,6 +88,7 @@ class SessionListener(Protocol):
     def session_online(self, account: str, *, resumed: bool) -> None: ...
     def session_offline(self, account: str, *, reason: str) -> None: ...
     def session_ended(self, account: str) -> None: ...
+    def presence_stale(self, account: str) -> None: ...
     def roster_replaced(self, account: str, bare_jids: set[str]) -> None: ...
     def presence_received(
         self, account: str, jid: Jid, *, available: bool, show: str | None, priority: int, status: str
@@ -170,6 +171,8 @@ class XmppSession:
         self._keepalive_timeout = keepalive_timeout
         self._resume_grace = resume_grace
         self._server_resume_max: float | None = None  # <enabled max='…'/>: how long it keeps us
+        self._stale_timer: asyncio.TimerHandle | None = None
+        self._presence_dropped = False
         self._give_up_timer: asyncio.TimerHandle | None = None
         self._backoff = backoff or Backoff()
         self._slow_backoff: dict[str, Backoff] = {
@@ -348,9 +351,12 @@ class XmppSession:
         roster = client.roster[client.boundjid.bare]
         # res_xmpp's auth_policy: accept (default) authorises and subscribes back; deny refuses.
         client.roster.auto_authorize = account.auth_policy == "accept"
-        client.roster.auto_subscribe = account.auth_policy == "accept"
+        # Not slixmpp's auto_subscribe: it subscribes back on every request, even to a contact we
+        # already follow or asked (each fresh session gets pending requests again), and
+        # ejabberd's mod_pres_counter counts every one. _on_subscription_request asks only once.
+        client.roster.auto_subscribe = False
         roster.auto_authorize = client.roster.auto_authorize
-        roster.auto_subscribe = client.roster.auto_subscribe
+        roster.auto_subscribe = False
 
         handlers: dict[str, Callable] = {
             "session_start": self._on_session_start,
@@ -364,6 +370,7 @@ class XmppSession:
             "ssl_invalid_chain": self._on_tls_failed,
             "stream_error": self._on_stream_error,
             "roster_update": self._on_roster_update,
+            "roster_subscription_request": self._on_subscription_request,
             "presence": self._on_presence,
             "message": self._on_message,
             "message_error": self._on_message_error,
@@ -500,6 +507,12 @@ class XmppSession:
         if self._give_up_timer is not None:
             self._give_up_timer.cancel()
             self._give_up_timer = None
+        if self._stale_timer is not None:
+            self._stale_timer.cancel()
+            self._stale_timer = None
+        if resumed and self._presence_dropped:
+            self._probe_contacts()
+        self._presence_dropped = False
         self.state = "online"
         self.last_error = ""
         self.failure = ""
@@ -528,6 +541,8 @@ class XmppSession:
             self._fail("tls", f"TLS: {_tls_reason(reason)}")
         elif reason and not self.failure:
             self._fail("tcp" if isinstance(reason, OSError) else "stream", str(reason))
+        elif not self.failure:
+            self._fail("stream", "the server closed the connection")
         silent = self._silent_peer()
         if silent:
             self._fail("stream", f"{silent} closed the connection without starting an XMPP stream: "
@@ -545,7 +560,29 @@ class XmppSession:
                 # nothing twice, so give up only after it, or our own grace if it said nothing.
                 grace = max(self._resume_grace, self._server_resume_max or 0.0)
                 self._give_up_timer = loop.call_later(grace, self._give_up_resumption)
+                # Presence cannot be trusted that long: it is dropped after our own grace, and
+                # asked for again (probes) if the stream is resumed after that.
+                self._stale_timer = loop.call_later(self._resume_grace, self._presence_went_stale)
         self._link_down.set()
+
+    def _presence_went_stale(self) -> None:
+        self._stale_timer = None
+        if self.online:
+            return
+        self._presence_dropped = True
+        self._listener.presence_stale(self.name)
+
+    def _probe_contacts(self) -> None:
+        """After a late resumption: the server does not resend presence on resume (XEP-0198 §5),
+        so ask it for our contacts' current presence (RFC 6121 §4.3 probes, answered by the
+        server for subscriptions we hold)."""
+        client = self._client
+        if client is None:
+            return
+        roster = client.client_roster
+        for jid in list(roster.keys()):
+            if jid != self._jid.bare and roster[jid]["to"]:
+                client.send_presence(pto=jid, ptype="probe")
 
     def _give_up_resumption(self) -> None:
         """Offline past the grace: the cached presence can no longer be trusted.
@@ -640,6 +677,15 @@ class XmppSession:
             for jid in list(roster.keys()):
                 if jid != self._jid.bare and jid.lower() not in wanted and roster[jid]["subscription"] != "none":
                     client.del_roster_item(jid)
+
+    def _on_subscription_request(self, presence: object) -> None:
+        """res_xmpp's auth_policy=accept: subscribe back, unless we follow or asked already.
+        (slixmpp's own handler, registered first, has approved the request.)"""
+        if self.account.auth_policy != "accept" or self._client is None:
+            return
+        item = self._client.client_roster[presence["from"].bare]  # type: ignore[index]
+        if not item["to"] and not item["pending_out"]:
+            item.subscribe()
 
     def _on_roster_update(self, _iq: object) -> None:
         """Report roster membership after every roster result or push.

@@ -133,7 +133,12 @@ def count(tally: Tally, answers: dict[str, tuple[str, float]], received: list, f
     seen = collections.Counter(m.body for m in received if m.body in answers)
     tally.answered += len(accepted)
     tally.failed += len(accepted & failed)
-    tally.lost += len({b for b in accepted if not seen[b]} - failed)
+    lost = {b for b in accepted if not seen[b]} - failed
+    tally.lost += len(lost)
+    if lost:
+        numbers = sorted(int(b.split("-")[1]) for b in lost)
+        print(f"  lost (send order): {numbers}; statuses {collections.Counter(answers[b][0] for b in lost)}",
+              file=sys.stderr, flush=True)
     tally.duplicates += sum(n - 1 for n in seen.values() if n > 1)
 
 

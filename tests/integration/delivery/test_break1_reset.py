@@ -16,6 +16,8 @@ import pytest
 
 from service_harness import eventually
 
+from agi_xmpp.jid import parse_jid
+
 pytestmark = pytest.mark.integration
 
 
@@ -81,17 +83,29 @@ async def test_message_dropped_by_a_reset_before_it_was_written_still_arrives(
 
 @pytest.mark.parametrize("stock_server", ["ejabberd-stock"], indirect=True)
 async def test_outage_longer_than_our_grace_still_resumes_within_the_servers_max(
-    stock_server, accounts, proxy_to, service_via
+    stock_server, accounts, proxy_to, service_via, peer
 ):
-    """ejabberd keeps a detached stream 300 s: a 40 s outage resumes instead of starting fresh."""
-    jid, password = accounts(stock_server)("svc")
+    """ejabberd keeps a detached stream 300 s: a 40 s outage resumes instead of starting fresh,
+    and the contacts' presence, dropped as stale meanwhile, is asked for again."""
+    make = accounts(stock_server)
+    jid, password = make("svc")
+    bob_jid, bob_pw = make("bob")
+    bob = await peer(stock_server, bob_jid, bob_pw)
     proxy = await proxy_to(stock_server)
     async with service_via(stock_server, proxy.port, jid, password) as svc:
         session = svc.pool.session("asterisk")
+        bob.subscribe(jid)
+
+        def bob_code() -> int:
+            return svc.services.presence.status("asterisk", parse_jid(bob_jid)).code
+
+        await eventually(lambda: bob_code() == 1, 60, "bob available")
         proxy.refuse = True
         proxy.reset()
         await eventually(lambda: not session.online, 30, "the link to go down")
         await asyncio.sleep(40)  # past our own 30 s grace, well within ejabberd's 300 s
+        assert bob_code() == 6  # stale after our own 30 s grace
         proxy.refuse = False
         await eventually(lambda: session.online, 90, "the session to come back")
         assert session.resumptions == 1
+        await eventually(lambda: bob_code() == 1, 30, "bob's presence asked for again")
