@@ -11,8 +11,18 @@ from agi_xmpp.jid import parse_jid
 from agi_xmpp.presence import PresenceCache
 
 
+class _OnlineSession:
+    online = True  # jabber_status asks whether its answer is live (newer trees only)
+
+
+class _FakePool:
+    def __init__(self) -> None:
+        self.sessions = {"asterisk": _OnlineSession()}
+
+
 class FakeServices:
-    """What jabber_status reads: the config and the presence cache (no XMPP, no database)."""
+    """What jabber_status reads: the config, the presence cache and whether the account's
+    session is online (no XMPP, no database)."""
 
     def __init__(self) -> None:
         account = AccountConfig(name="asterisk", username="asterisk@localhost", secret="x")
@@ -21,6 +31,7 @@ class FakeServices:
         self.config = Config(path=None, general=general, accounts={"asterisk": account},
                              directory=())
         self.presence = PresenceCache()
+        self.pool = _FakePool()
         self.presence.set_roster("asterisk", ["alice@localhost"])
         self.presence.update("asterisk", parse_jid("alice@localhost/desk"), available=True,
                              show="away", priority=0, status="In a meeting until 3")

@@ -52,7 +52,10 @@ async def instructions(world: Any, opts: Any, log: Any) -> list[Row]:
     for label, argv, env in servers:
         if label.startswith("floor") and not lines_file.exists():
             raise RuntimeError("no command lines captured for the floor")
-        per_call, calls, lines = await _count(world.tmp, label, argv, env, opts.duration * 2)
+        per_call, calls, lines, variables = await _count(world.tmp, label, argv, env, opts.duration * 2)
+        if label.startswith("agi-xmpp") and variables.get("JABBER_STATUS") != "3":
+            # a script that failed (and logged a traceback) would be counted as if it worked
+            raise RuntimeError(f"{label}: jabber_status did not answer alice's presence: {variables}")
         if label == "agi-xmpp (uvloop)":
             lines_file.write_text(json.dumps([line.decode() for line in lines]))
         counts[label] = (per_call, calls)
@@ -70,8 +73,9 @@ async def instructions(world: Any, opts: Any, log: Any) -> list[Row]:
 
 
 async def _count(tmp: Path, label: str, argv: list[str], env: dict[str, str],
-                 seconds: float) -> tuple[float, int, list[bytes]]:
-    """Instructions per call of one server; also the lines it sent (to check or to copy)."""
+                 seconds: float) -> tuple[float, int, list[bytes], dict[str, str]]:
+    """Instructions per call of one server; also the lines it sent and the variables they set
+    (to check or to copy)."""
     port = free_port()
     name = label.split(" (")[0].replace(" ", "-")
     out = tmp / f"callgrind-{name}.out"
@@ -107,7 +111,7 @@ async def _count(tmp: Path, label: str, argv: list[str], env: dict[str, str],
     total = _totals(dump) if dump.exists() else 0
     if not result.sessions or not total:
         raise RuntimeError(f"{label}: {result.sessions} calls, {total} instructions counted")
-    return total / result.sessions, result.sessions, sample.lines or []
+    return total / result.sessions, result.sessions, sample.lines or [], sample.variables or {}
 
 
 def _control(option: str, value: str | None, pid: int) -> None:
