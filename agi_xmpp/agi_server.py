@@ -48,7 +48,7 @@ from .agi_protocol import (
 )
 from .agi_registry import Script, ScriptRegistry
 from .config import DEFAULT_AGI_ALLOW, DEFAULT_AGI_BIND
-from .conn_limits import ConnectionBudget, listen_socket
+from .conn_limits import ConnectionBudget, listen_socket, peer_ip
 from .errors import ChannelGone, RemoteProtocolError
 
 __all__ = ["AgiServer", "AgiSession"]
@@ -519,12 +519,9 @@ class AgiServer:
         host = peer[0]
         ok = self._allowed_cache.get(host)
         if ok is None:
-            try:
-                addr = ipaddress.ip_address(host)
-            except ValueError:
+            addr = peer_ip(host)  # a dual-stack listener sees ::ffff:127.0.0.1 as 127.0.0.1
+            if addr is None:
                 return False
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped  # a dual-stack listener sees ::ffff:127.0.0.1
             ok = any(addr in net for net in self.allow)
             if len(self._allowed_cache) >= 1024:
                 self._allowed_cache.clear()

@@ -1,4 +1,4 @@
-"""The AMI side of the service (SPEC §3): voicemail to chat, busy lamps, queue pause, click-to-call.
+"""The AMI side of the service (docs/ami.md): voicemail to chat, busy lamps, queue pause, click-to-call.
 
 Theory of operation
 -------------------
@@ -123,7 +123,7 @@ class AmiBridge:
 
     async def start(self) -> None:
         if self.spool_error:
-            # One clear error at start, not a traceback per event (SPEC §3, issue 13).
+            # One clear error at start, not a traceback per event (docs/ami.md).
             log.error("voicemail_spool_unreadable", detail=self.spool_error)
         self.pool.add_message_hook(self._message_hook)
         if self.ami.presence_to_hints or self.ami.queue_pause:

@@ -2,7 +2,7 @@
 
 No I/O here: ``ami_bridge`` sends what :func:`setvar_actions` returns.
 
-Each directory entry's presence is written twice (SPEC §3):
+Each directory entry's presence is written twice (docs/ami.md):
 
 - ``DEVICE_STATE(Custom:<ext>)``: what ordinary BLF phones see through a hint such as
   ``exten => 2001,hint,PJSIP/2001&Custom:2001,CustomPresence:2001``. Asterisk aggregates the

@@ -389,9 +389,10 @@ def _api(config: Config, method: str, path: str, payload: object | None = None) 
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        if exc.code == 401 and token_problem is not None:
-            raise token_problem from None
-        detail = exc.read().decode(errors="replace")
+        with exc:  # an HTTPError is also the response: close it
+            if exc.code == 401 and token_problem is not None:
+                raise token_problem from None
+            detail = exc.read().decode(errors="replace")
         try:
             detail = json.loads(detail).get("error", detail)
         except (ValueError, AttributeError):

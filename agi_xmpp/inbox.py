@@ -1,4 +1,4 @@
-"""Per-account buffer of incoming messages and the ordered waiters of ``jabber_receive`` (SPEC §2.3).
+"""Per-account buffer of incoming messages and the ordered waiters of ``jabber_receive`` (docs/dialplan.md).
 
 Pure data, clock injected, no asyncio: a waiter is a plain ``deliver(msg) -> bool`` callback (the
 asyncio layer passes one that resolves a Future and returns False once that Future is done).

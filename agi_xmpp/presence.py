@@ -1,4 +1,4 @@
-"""The live presence cache behind ``jabber_status`` and ``presence_route`` (SPEC §2.2).
+"""The live presence cache behind ``jabber_status`` and ``presence_route`` (docs/dialplan.md, jabber_status).
 
 Pure data: the XMPP side calls ``set_roster``/``roster_add``/``roster_remove``/``update``/
 ``drop_presence`` as stanzas arrive; scripts call ``status`` and never wait on the network. The
@@ -93,7 +93,7 @@ CODES: dict[Show, int] = {
     Show.UNKNOWN: 7,
 }
 
-# SPEC §2.2 tie-break: chat > available > away > xa > dnd.
+# The tie-break of docs/dialplan.md (jabber_status): chat > available > away > xa > dnd.
 _AVAILABILITY = {Show.CHAT: 4, Show.AVAILABLE: 3, Show.AWAY: 2, Show.XA: 1, Show.DND: 0}
 _NETWORK_SHOWS = {"chat": Show.CHAT, "away": Show.AWAY, "xa": Show.XA, "dnd": Show.DND}
 _MIN_PRIORITY, _MAX_PRIORITY = -128, 127

@@ -7,7 +7,7 @@ SQLAlchemy-shaped leaves this module: callers get frozen dataclasses and our own
 Theory of operation
 -------------------
 - Every public method is one short transaction, committed before it returns. ``outbox_add``
-  returning means the row survives a kill of the process (SPEC §4); see docs/storage.md for what
+  returning means the row survives a kill of the process (docs/reliability.md); see docs/storage.md for what
   each backend promises beyond that (power loss).
 - Errors: anything the database refuses becomes ``StorageError`` (``DirectoryError`` for a
   directory entry that is malformed or duplicated). Text we could not store faithfully (NUL, a
@@ -352,7 +352,7 @@ class _PresenceLogRow(_Base):
 
 
 class _VoicemailNotifiedRow(_Base):
-    """A voicemail (by app_voicemail's ``msg_id``) whose owner was told about it (SPEC §3)."""
+    """A voicemail (by app_voicemail's ``msg_id``) whose owner was told about it (docs/ami.md)."""
 
     __tablename__ = "voicemail_notified"
     __table_args__ = (_TABLE_OPTIONS,)

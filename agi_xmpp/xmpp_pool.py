@@ -427,7 +427,7 @@ class XmppPool:
         log.info("pool_session_offline", account=account, reason=reason)
 
     def session_ended(self, account: str) -> None:
-        # SPEC §2.2: an unresumed session's presence is stale; contacts read 6 until re-sent.
+        # docs/dialplan.md (jabber_status): an unresumed session's presence is stale; contacts read 6 until re-sent.
         self.presence.drop_presence(account)
         for hook in self._presence_hooks:
             hook(account, None)

@@ -945,7 +945,7 @@ class XmppSession:
 
     @property
     def default_nick(self) -> str:
-        """SPEC §2.4: the account's local part, as written in ``username``."""
+        """docs/dialplan.md (group chat): the account's local part, as written in ``username``."""
         local, at, _domain = self.account.username.split("/", 1)[0].partition("@")
         return local if at and local else (self._jid.local or self.name)
 

@@ -204,11 +204,13 @@ async def test_agi_allow_admits_only_the_listed_peers(prosody, xmpp_accounts, tm
     """With agi_allow = 127.0.0.2/32, a call from 127.0.0.1 gets FAILURE (or a closed socket)
     and runs nothing, while the same call from 127.0.0.2 is served."""
     jid, password = xmpp_accounts("asterisk")
+    bob_jid, _ = xmpp_accounts("bob")
     service = ServiceProcess(tmp_path, prosody, jid, password, extra_general="agi_allow = 127.0.0.2/32")
     try:
         await service.start()
-        refused = await _agi_from("127.0.0.1", service.agi_port, "jabber_send", "asterisk", "bob@localhost", "no")
-        served = await _agi_from("127.0.0.2", service.agi_port, "jabber_send", "asterisk", "bob@localhost", "yes")
+        # bob exists: a message to a JID the server does not know would bounce and read 'failed'
+        refused = await _agi_from("127.0.0.1", service.agi_port, "jabber_send", "asterisk", bob_jid, "no")
+        served = await _agi_from("127.0.0.2", service.agi_port, "jabber_send", "asterisk", bob_jid, "yes")
     finally:
         await service.close()
     assert refused in ([], [b"FAILURE\n"])
