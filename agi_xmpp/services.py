@@ -54,27 +54,30 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
     storage.directory_load_config(config.directory)
     async_storage = AsyncStorage(storage)
     presence = PresenceCache()
-    pool = XmppPool(config, async_storage, presence)
-    _apply_sender_quotas(pool, presence)
-    await pool.start()
-    ami = AmiBridge(config, async_storage, presence, pool) if config.ami is not None else None
-    if ami is not None:
-        await ami.start()
-    for warning in config.warnings:
-        log.warning("config_warning", detail=warning)
-    log.info("services_started", accounts=sorted(config.accounts))
-    retention = asyncio.create_task(_archive_retention(async_storage, config.general.archive_retention))
-    try:
-        yield Services(config=config, storage=async_storage, presence=presence, pool=pool, ami=ami)
-    finally:
+    # Each part is stopped in reverse order, also when a later one fails to start.
+    async with contextlib.AsyncExitStack() as started:
+        started.callback(log.info, "services_stopped")  # runs last
+        started.push_async_callback(async_storage.aclose)
+        pool = XmppPool(config, async_storage, presence)
+        _apply_sender_quotas(pool, presence)
+        await pool.start()
+        started.push_async_callback(pool.stop)
+        ami = AmiBridge(config, async_storage, presence, pool) if config.ami is not None else None
         if ami is not None:
-            await ami.stop()
-        retention.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await retention
-        await pool.stop()
-        await async_storage.aclose()
-        log.info("services_stopped")
+            await ami.start()
+            started.push_async_callback(ami.stop)
+        retention = asyncio.create_task(_archive_retention(async_storage, config.general.archive_retention))
+        started.push_async_callback(_cancel_and_wait, retention)
+        for warning in config.warnings:
+            log.warning("config_warning", detail=warning)
+        log.info("services_started", accounts=sorted(config.accounts))
+        yield Services(config=config, storage=async_storage, presence=presence, pool=pool, ami=ami)
+
+
+async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
