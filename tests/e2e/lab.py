@@ -378,8 +378,15 @@ class _LoopThread:
             fut.cancel()
             raise TimeoutError(f"lab operation did not finish within {timeout} s") from None
 
-    async def arun(self, coro):
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+    async def arun(self, coro, timeout: float = 120.0):
+        """Run ``coro`` on the lab's loop. Bounded: a loop that stopped under it (an Asterisk
+        restart replaces the AMI client and its loop) must fail the caller, never hang it."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except TimeoutError:
+            future.cancel()
+            raise LabError(f"the lab's event loop did not answer within {timeout:g} s") from None
 
     def stop(self) -> None:
         if self.loop.is_closed():
