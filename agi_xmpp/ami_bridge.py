@@ -26,12 +26,11 @@ two commits (a crash right there) can repeat one notification; it cannot lose on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -73,8 +72,11 @@ class _PendingCall:
     user: str  # the bare JID to answer
     target: str
     started: float
-    # set once "Calling your phone…" is queued, so the outcome never overtakes it
-    announced: asyncio.Event = field(default_factory=asyncio.Event)
+    login: int  # the link's ``connects`` when placed: only that login's Asterisk will answer it
+    # The outcome must never overtake "Calling your phone…", and the event consumer must never
+    # wait for it: whichever of the two comes second sends the outcome.
+    announced: bool = False
+    outcome: str | None = None
 
 
 class AmiBridge:
@@ -182,10 +184,13 @@ class AmiBridge:
         """Re-read everything mirrored: mailboxes, lamps, queue pauses."""
         log.info("ami_resync", reason="connected" if why == LINK_UP else why)
         await self._recheck_spool()
-        # Asterisk's answer to these went with the old connection. Taken out first: a call placed
-        # while we reply (the commands task runs meanwhile) lands in the new dict, untouched.
-        lost, self._calls = self._calls, {}
-        for call in lost.values():
+        # Asterisk's answer to calls placed on an earlier login went with that connection. A call
+        # placed on the current login (after the reconnect, before this event was handled, or
+        # while we reply below: the commands task runs meanwhile) will still be answered.
+        login = self.link.connects
+        lost = [c for c in self._calls.values() if c.login < login]
+        self._calls = {k: c for k, c in self._calls.items() if c.login >= login}
+        for call in lost:
             await self._reply(call.user, c2c.LOST.format(target=call.target))
         if self.ami.queue_pause:
             self._paused = await self._our_pauses()
@@ -427,7 +432,7 @@ class AmiBridge:
             return
         self._forget_stale_calls()
         call_id = f"agx-c2c-{secrets.token_hex(8)}"
-        call = self._calls[call_id] = _PendingCall(sender, number, self._clock())
+        call = self._calls[call_id] = _PendingCall(sender, number, self._clock(), self.link.connects)
         self.counters.calls_requested += 1
         log.info("click_to_call", sender=sender, device=entry.device, number=number, call_id=call_id)
         try:
@@ -452,17 +457,20 @@ class AmiBridge:
         try:
             await self._reply(sender, c2c.CALLING.format(target=number))
         finally:
-            call.announced.set()
+            call.announced = True
+        if call.outcome is not None:  # Asterisk answered while the announcement was queued
+            await self._reply(sender, call.outcome)
 
     async def _originate_response(self, event: AmiEvent) -> None:
         call = self._calls.pop(event.get("ActionID"), None) or self._calls.pop(event.get("Uniqueid"), None)
         if call is None:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(call.announced.wait(), 10.0)
         response, reason = event.get("Response"), event.get("Reason")
         log.info("click_to_call_result", sender=call.user, response=response, reason=reason)
-        await self._reply(call.user, c2c.outcome_text(response, reason, call.target))
+        call.outcome = c2c.outcome_text(response, reason, call.target)
+        if call.announced:
+            await self._reply(call.user, call.outcome)
+        # else: the commands task sends it right after its announcement (_call)
 
     def _forget_stale_calls(self) -> None:
         now = self._clock()

@@ -5,6 +5,7 @@ Storage is a real SQLite database, so "never twice" is checked against what is s
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -18,6 +19,7 @@ from agi_xmpp.presence import PresenceCache
 from agi_xmpp.storage import AsyncStorage, Storage
 
 from fakes import FakePool
+from service_harness import eventually
 from test_voicemail import write_message
 
 
@@ -26,6 +28,7 @@ class FakeLink:
 
     connected = True
     state = "connected"
+    connects = 1  # which login this is; a reconnect makes it 2 before its LINK_UP is handled
 
     def __init__(self) -> None:
         self.actions: list[tuple[str, dict]] = []
@@ -167,6 +170,28 @@ async def test_originate_and_its_response_reach_the_user(bridge):
     assert bodies[0].startswith("Calling your phone") and bodies[1].startswith("Busy")
 
 
+async def test_an_early_originate_response_waits_for_the_announcement_without_blocking_events(bridge):
+    """An OriginateResponse that comes while "Calling your phone" is still being queued does not
+    hold up the event consumer; its outcome is sent right after the announcement, never before."""
+    send, release = bridge.fake_pool.send, asyncio.Event()
+
+    async def slow_announcement(account, to, body, kind="chat"):
+        if body.startswith("Calling your phone"):
+            await release.wait()  # e.g. the outbox write is slow
+        return await send(account, to, body, kind)
+
+    bridge.fake_pool.send = slow_announcement
+    command = asyncio.create_task(bridge._command(chat("alice@example.com/phone", "call 5551234")))
+    await eventually(lambda: bridge.link.actions, what="the Originate")
+    (_, headers), = bridge.link.actions
+    await bridge._handle(event("OriginateResponse", ActionID=headers["ActionID"], Response="Failure", Reason="5"))
+    assert not release.is_set() and bridge.fake_pool.sent == []  # handled, nothing overtook
+    release.set()
+    await command
+    bodies = [body for _, _, body in bridge.fake_pool.sent]
+    assert len(bodies) == 2 and bodies[0].startswith("Calling your phone") and bodies[1].startswith("Busy")
+
+
 async def test_rejected_originate_and_strangers_get_answers(bridge):
     """An Originate Asterisk refuses is reported; a sender not in the directory is refused."""
     bridge.link.fail["Originate"] = "Originate: Permission denied"
@@ -180,10 +205,26 @@ async def test_rejected_originate_and_strangers_get_answers(bridge):
 async def test_a_call_pending_when_the_link_drops_is_answered_at_resync(bridge):
     """No OriginateResponse will come for a call of the old connection: the user is told."""
     await bridge._command(chat("alice@example.com/phone", "call 5551234"))
+    bridge.link.connects += 1  # the link dropped and logged in again
     await bridge._handle(event("agi-xmpp:link-up"))
     bodies = [body for _, _, body in bridge.fake_pool.sent]
     assert bodies[-1].startswith("The connection to the PBX was lost")
     assert not bridge._calls
+
+
+async def test_a_call_placed_on_the_new_link_before_its_resync_is_kept(bridge):
+    """A call placed after the reconnect but before the LINK_UP event is handled belongs to the
+    new connection (its OriginateResponse will come): the resync must not call it lost."""
+    await bridge._command(chat("alice@example.com/phone", "call 5551234"))
+    bridge.link.connects += 1
+    await bridge._command(chat("bob@example.com", "call 5550000"))  # on the new connection
+    await bridge._handle(event("agi-xmpp:link-up"))
+    lost = [body for _, _, body in bridge.fake_pool.sent if body.startswith("The connection to the PBX was lost")]
+    assert len(lost) == 1 and "5551234" in lost[0]
+    assert [c.target for c in bridge._calls.values()] == ["5550000"]
+    # and a FullyBooted on that same connection loses nothing
+    await bridge._handle(event("FullyBooted"))
+    assert [c.target for c in bridge._calls.values()] == ["5550000"]
 
 
 async def test_a_call_placed_while_resync_replies_is_kept(bridge):
@@ -199,6 +240,7 @@ async def test_a_call_placed_while_resync_replies_is_kept(bridge):
         return outcome
 
     bridge.fake_pool.send = send_and_call_again
+    bridge.link.connects += 1
     await bridge._handle(event("agi-xmpp:link-up"))
     assert bridge.counters.resyncs == 1
     assert [c.target for c in bridge._calls.values()] == ["5550000"]
