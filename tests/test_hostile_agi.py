@@ -281,13 +281,14 @@ async def test_2000_connections_opened_and_dropped_at_once(svc):
 
 
 async def test_hangup_before_the_first_reply_ends_a_receive_at_once(svc):
-    """HANGUP right after the env block ends a 20 s jabber_receive at once with HANGUP, every
+    """HANGUP right after the env block ends a 300 s jabber_receive at once with HANGUP, every
     variable set; a message arriving later stays buffered."""
-    peer = await Peer.open(svc.port, env_block("jabber_receive", (ACCOUNT, BOB, "20")) + b"HANGUP\n")
+    peer = await Peer.open(svc.port, env_block("jabber_receive", (ACCOUNT, BOB, "300")) + b"HANGUP\n")
     started = time.monotonic()
     await peer.answer_all()
     peer.close()
-    assert time.monotonic() - started < 15  # well short of the 20 s wait: ended by the HANGUP
+    # ended by the HANGUP (the status says so), far short of the 300 s wait; the bound is on a hang
+    assert time.monotonic() - started < 150
     assert peer.variables["JABBER_RECEIVE_STATUS"] == "HANGUP"
     assert set(peer.variables) == {"JABBER_RECEIVE", "JABBER_RECEIVE_B64", "JABBER_RECEIVE_FROM",
                                    "JABBER_RECEIVE_STATUS", "JABBER_RECEIVE_ERROR"}

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import secrets
-import time
 
 import pytest
 from lab import AsteriskLab
@@ -63,7 +62,7 @@ exten => receive,1,AGI(agi://127.0.0.1:@PORT@/jabber_receive,asterisk,${BOB},20)
  same => n,Hangup()
 
 ; 4. jabber_receive with a caller who hangs up while it waits
-exten => hangwait,1,AGI(agi://127.0.0.1:@PORT@/jabber_receive,asterisk,${BOB},30)
+exten => hangwait,1,AGI(agi://127.0.0.1:@PORT@/jabber_receive,asterisk,${BOB},300)
  same => n,UserEvent(CoreHangWaitContinued,TOKEN: ${TOKEN},AGISTATUS: ${AGISTATUS})
  same => n,Hangup()
 
@@ -246,10 +245,11 @@ async def test_jabber_receive_hostile_reply_arrives_intact(core_dialplan, svc, x
 # -- 4. hangup during jabber_receive -------------------------------------------------------------
 
 
-async def test_hangup_during_jabber_receive_closes_connection_within_a_second(
+async def test_hangup_during_jabber_receive_ends_the_wait_at_once(
     core_dialplan, svc, xmpp_accounts, xmpp_client
 ):
-    """A caller hanging up during jabber_receive ends the FastAGI connection within 1 s; the h extension runs."""
+    """A caller hanging up during a 300 s jabber_receive ends it by the HANGUP itself (not the
+    timeout, not the grace cancel) and closes the FastAGI connection; the h extension runs."""
     lab = core_dialplan
     bob_jid, bob_pw = xmpp_accounts("bob")
     bob = await xmpp_client(bob_jid, bob_pw)
@@ -258,18 +258,16 @@ async def test_hangup_during_jabber_receive_closes_connection_within_a_second(
     await eventually(lambda: inbox(svc).waiting == 1, timeout=IO_TIMEOUT,
                      what="the dialplan's jabber_receive to wait")
     assert len(svc.agi.sessions) == 1
+    cancelled_before = svc.agi.stats["cancelled_after_hangup"]
 
     assert lab.hangup(placed.uniqueid), "the dialplan channel was not found to hang up"
-    # Clock starts once the hangup request has returned (lab.hangup blocks this loop while the
-    # CLI runs, so the service cannot have reacted before): generous to the product.
-    started = time.monotonic()
-    deadline = started + 10.0
-    while svc.agi.sessions and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    elapsed = time.monotonic() - started
-    assert not svc.agi.sessions, "the FastAGI connection was still open 10 s after the hangup"
-    assert elapsed < 1.0, f"the FastAGI connection closed {elapsed:.3f} s after the hangup"
+    # A bound on a hang only (a busy machine is slow); what is asserted is the mechanism: the
+    # wait ended on the HANGUP notice, far short of its 300 s timeout, and the script finished
+    # by itself rather than being cancelled when the hangup grace ran out.
+    await eventually(lambda: not svc.agi.sessions, timeout=60,
+                     what="the FastAGI connection to close after the hangup")
     assert inbox(svc).waiting == 0
+    assert svc.agi.stats["cancelled_after_hangup"] == cancelled_before
 
     event = await lab.wait_user_event("CoreHangup", IO_TIMEOUT, TOKEN=tok)
     assert event["AGISTATUS"] == "HANGUP"

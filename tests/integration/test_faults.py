@@ -268,14 +268,20 @@ async def test_outage_longer_than_backoff_cap_queues_then_delivers(
             await asyncio.sleep(4 * cap)  # the outage itself, long enough to reach the cap
             await asyncio.to_thread(private_prosody.start)
             back_at = time.monotonic()
-            await svc.wait_online(30)
+            logged_before_back = len(logs)
+            await svc.wait_online(60)
             online_after = time.monotonic() - back_at
-            await eventually(_no_pending(svc), 30, "the queued rows to be acknowledged")
+            await eventually(_no_pending(svc), 60, "the queued rows to be acknowledged")
     assert statuses == ["QUEUED"] * len(bodies)
     delays = [e["delay"] for e in logs if e["event"] == "xmpp_reconnect_scheduled"]
     assert len(delays) >= 3 and max(delays) <= cap
-    # the promise is a time: the next attempt comes at most `cap` seconds after the server returns
-    assert online_after < cap + 3, online_after
+    # The promise is that the next attempt comes at most `cap` seconds after the server returns
+    # and succeeds: no attempt failed once it was back. At most one more wait may be scheduled
+    # after `back_at`, by an attempt already under way while the server was still starting.
+    # (How many seconds that took is the figure below; a busy machine stretches it.)
+    retried_after_back = [e for e in logs[logged_before_back:] if e["event"] == "xmpp_reconnect_scheduled"]
+    assert len(retried_after_back) <= 1, retried_after_back
+    figure("reconnect_after_outage", backoff_cap_s=cap, online_after_server_back_s=round(online_after, 2))
     bob = await connect_bob(xmpp_client, private_prosody, people)
     duplicates = check_delivery(await receive_all(bob, people.service_jid, bodies), bodies)
     figure("outage_longer_than_cap", cap_s=cap, retry_delays_s=delays,
