@@ -20,6 +20,7 @@ from .conf_dialect import ConfigErrors as ConfigErrors  # re-exported: load_conf
 from .conf_dialect import Entry, Section, Source, raise_collected, read_sections
 from .errors import ConfigError, DirectoryError, InvalidJid, UnknownAccount
 from .jid import parse_jid
+from .voicemail import check_spool, mailbox_dir
 
 DEFAULT_CONFIG_PATH = "/etc/asterisk/agi_xmpp.conf"
 DEFAULT_STATE_DIR = "/var/lib/agi-xmpp"
@@ -903,8 +904,6 @@ def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]
     ``entries`` is the directory the service would serve (``[directory]`` and the database's).
     The spool is checked as the user running this, which should be the service's user.
     """
-    from .voicemail import mailbox_dir  # voicemail imports nothing of ours: no cycle
-
     entries = sorted(entries, key=lambda e: e.extension)
     sections = _raw_sections(config.path)
     ami_section = sections.get("ami")
@@ -970,8 +969,6 @@ def ami_warnings(config: Config, entries: Iterable[DirectoryEntry]) -> list[str]
 def _spool_warnings(
     spool: str, where: str, with_mailbox: list[DirectoryEntry], entry_at: Callable[[str], str]
 ) -> list[str]:
-    from .voicemail import check_spool, mailbox_dir
-
     problem = check_spool(spool)
     if problem:
         return [f"{where}: {problem}: voicemail is not notified (docs/ami.md: who can read the spool)"]
