@@ -842,11 +842,6 @@ def load_config(path: str | os.PathLike[str] = DEFAULT_CONFIG_PATH) -> Config:
     return Config(path, general, accounts, ami, directory, tuple(warnings))
 
 
-def default_config(state_dir: str = DEFAULT_STATE_DIR) -> Config:
-    """The configuration of a service started with no file: defaults, no accounts."""
-    return Config(None, GeneralConfig(state_dir=os.path.abspath(state_dir)), {})
-
-
 def _escape(value: str) -> str:
     return value.replace(";", "\\;")
 

@@ -8,8 +8,7 @@ SQLAlchemy (tests/test_purity.py).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,4 +28,3 @@ class Services:
     presence: PresenceCache
     pool: XmppPool
     ami: AmiBridge | None = None  # with an [ami] section
-    started_at: float = field(default_factory=time.time)

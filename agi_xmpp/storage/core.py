@@ -96,11 +96,6 @@ class StorageCore:
     def __str__(self) -> str:
         return self._url.render_as_string(hide_password=True)
 
-    @property
-    def dialect(self) -> str:
-        """``sqlite``, ``postgresql``, ``mysql`` or ``mariadb``."""
-        return self._engine.dialect.name
-
     def close(self) -> None:
         """Close every pooled connection. The object must not be used afterwards."""
         self._engine.dispose()
