@@ -24,7 +24,7 @@ code  show       meaning
 
 For a bare JID the chosen resource is the one with the highest priority; ties go to the more
 available show (chat > available > away > xa > dnd), then to the most recent update (clock, then
-arrival order). Decisions where SPEC is silent:
+arrival order). Decisions made here (docs/dialplan.md, jabber_status):
 
 - Negative priority does not hide a resource. RFC 6121 §4.7.2.3 only says such a resource gets no
   messages sent to the bare JID; the person is still online, and res_xmpp also keeps and reports

@@ -1,4 +1,4 @@
-"""The presence cache behind jabber_status (agi_xmpp.presence, SPEC §2.2)."""
+"""The presence cache behind jabber_status (agi_xmpp.presence, docs/dialplan.md)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_each_show_maps_to_its_code(cache: PresenceCache, show: str | None, code
 
 
 def test_codes_table_is_res_xmpp_compatible() -> None:
-    """Show words and codes are exactly SPEC §2.2's 1..7."""
+    """Show words and codes are exactly docs/dialplan.md's 1..7."""
     assert [(str(s), CODES[s]) for s in Show] == [
         ("available", 1),
         ("chat", 2),
