@@ -24,12 +24,12 @@ from . import logs
 from .config import (
     Config,
     DirectoryEntry,
-    ami_warnings,
     load_config,
     make_directory_entry,
     parse_xmpp_conf,
     render_accounts,
 )
+from .config_checks import ami_warnings
 from .errors import AgiXmppError, ConfigError, InvalidJid, StorageError, UnknownAccount
 from .jid import parse_jid
 from .state_files import read_token
