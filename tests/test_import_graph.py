@@ -8,6 +8,7 @@ module-level imports, ``if TYPE_CHECKING:`` blocks left out (never executed).
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,16 @@ def test_module_imports_first_in_a_fresh_interpreter(name: str) -> None:
         timeout=120, cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_storage_modules_are_imported_only_through_the_package() -> None:
+    """Outside agi_xmpp/storage/, code imports `agi_xmpp.storage` itself, never a module inside it."""
+    inside = re.compile(r"^\s*(?:from|import)\s+(?:agi_xmpp|\.+)\.?storage\.\w+", re.MULTILINE)
+    offenders = []
+    for folder in ("agi_xmpp", "bench", "tools", "tests"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.is_relative_to(PACKAGE / "storage"):
+                continue
+            if inside.search(path.read_text(encoding="utf-8")):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
