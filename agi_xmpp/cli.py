@@ -24,12 +24,12 @@ from . import logs
 from .config import (
     Config,
     DirectoryEntry,
-    ami_warnings,
     load_config,
     make_directory_entry,
     parse_xmpp_conf,
     render_accounts,
 )
+from .config_checks import ami_warnings
 from .errors import AgiXmppError, ConfigError, InvalidJid, StorageError, UnknownAccount
 from .jid import parse_jid
 from .state_files import read_token
@@ -171,7 +171,7 @@ def _serve(config: Config, *, use_uvloop: bool) -> int:
     if not config.accounts:
         raise _no_account_error(config)
     _check_ports_free(config)
-    from .services import serve
+    from .services import serve  # here: the other commands need no slixmpp, aiohttp, SQLAlchemy
 
     logs.configure(config.general.log_level, config.general.log_format)
     if use_uvloop:
@@ -310,7 +310,7 @@ def _directory(config: Config, args: argparse.Namespace) -> int:
     """
     if args.action == "list":
         return _directory_list(config)
-    from .storage import Storage
+    from .storage import Storage  # here: the commands that need no database do not load SQLAlchemy
 
     storage = Storage(config.general.database)
     try:
@@ -335,7 +335,7 @@ def _database_directory(config: Config) -> list[DirectoryEntry]:
     """The database's entries, without writing anything (not even creating the file)."""
     if not _database_exists(config.general.database):
         return []
-    from .storage import Storage
+    from .storage import Storage  # here, as in _directory
 
     storage = Storage(config.general.database)
     try:

@@ -135,8 +135,3 @@ def peer_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def is_dual_stack(sock: socket.socket) -> bool:
-    """True for an IPv6 socket that also accepts IPv4 (for the startup log)."""
-    return sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)

@@ -35,7 +35,7 @@ from .config import make_directory_entry, split_host
 from .conn_limits import ConnectionBudget, listen_socket, peer_ip
 from .errors import DirectoryError, ScriptError, StorageError
 from .jid import parse_jid
-from .services import Services
+from .services_bundle import Services
 from .state_files import ensure_token
 from .values import check_message_size
 

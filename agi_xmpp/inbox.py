@@ -190,7 +190,6 @@ class Inbox:
         self._by_sender: dict[str, OrderedDict[int, _Buffered]] = {}
         self._waiters: dict[str, OrderedDict[int, Waiter]] = {}
         self._seq = itertools.count()
-        self._chars = 0
         self._waiting = 0
         self.dropped = 0  # buffered messages thrown away to respect the bounds
         self.expired = 0  # buffered messages nobody took within ttl
@@ -242,7 +241,6 @@ class Inbox:
         books.order[entry.seq] = entry
         queue = self._by_sender.setdefault(bare, OrderedDict())
         queue[entry.seq] = entry
-        self._chars += size
         books.chars += size
         self._sender_chars[bare] = self._sender_chars.get(bare, 0) + size
         # The sender's own oldest go first, then its class's: never the other class's.
@@ -325,7 +323,6 @@ class Inbox:
 
     def _unindex(self, entry: _Buffered) -> None:
         size = len(entry.msg.body)
-        self._chars -= size
         books = self._classes[entry.sender_class]
         del books.order[entry.seq]
         books.chars -= size

@@ -1,8 +1,7 @@
 """The live presence cache behind ``jabber_status`` and ``presence_route`` (docs/dialplan.md, jabber_status).
 
-Pure data: the XMPP side calls ``set_roster``/``roster_add``/``roster_remove``/``update``/
-``drop_presence`` as stanzas arrive; scripts call ``status`` and never wait on the network. The
-clock is injected (``time.monotonic`` by default) so tests can pin "most recent update".
+Pure data: the XMPP side calls ``set_roster``/``update``/``drop_presence`` as stanzas arrive;
+scripts call ``status`` and never wait on the network. The clock is injected (``time.monotonic`` by default) so tests can pin "most recent update".
 
 Theory of operation. Per account (the caller's key, the lower-cased config section name) the
 cache holds the roster (a set of normalised bare JIDs) and, separately, the available resources
@@ -25,7 +24,7 @@ code  show       meaning
 
 For a bare JID the chosen resource is the one with the highest priority; ties go to the more
 available show (chat > available > away > xa > dnd), then to the most recent update (clock, then
-arrival order). Decisions where SPEC is silent:
+arrival order). Decisions made here (docs/dialplan.md, jabber_status):
 
 - Negative priority does not hide a resource. RFC 6121 §4.7.2.3 only says such a resource gets no
   messages sent to the bare JID; the person is still online, and res_xmpp also keeps and reports
@@ -40,7 +39,7 @@ arrival order). Decisions where SPEC is silent:
   strangers are refused once the account holds ``max_entries`` resources, so a presence flood
   cannot exhaust memory. A contact keeps at most ``max_resources_per_contact`` resources (the
   least recently updated goes first).
-- Removing a contact from the roster (``roster_remove``, or ``set_roster`` without it) forgets
+- Removing a contact from the roster (``set_roster`` without it) forgets
   its presence too: an unsubscribed contact sends no further updates, so what we have would go
   stale.
 
@@ -215,24 +214,6 @@ class PresenceCache:
         for gone in acct.roster - roster:
             acct.forget(gone)
         acct.roster = roster
-
-    def roster_add(self, account: str, bare: str | Jid) -> bool:
-        """Add one contact; False (and nothing changes) if ``bare`` is not a JID."""
-        key = _bare_or_none(bare)
-        if key is None:
-            return False
-        self._account(account).roster.add(key)
-        return True
-
-    def roster_remove(self, account: str, bare: str | Jid) -> bool:
-        """Remove one contact and its presence; False if it was not in the roster."""
-        key = _bare_or_none(bare)
-        acct = self._accounts.get(account.lower())
-        if key is None or acct is None or key not in acct.roster:
-            return False
-        acct.roster.discard(key)
-        acct.forget(key)
-        return True
 
     def contacts(self, account: str) -> list[str]:
         """The roster's bare JIDs, sorted."""

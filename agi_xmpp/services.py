@@ -12,10 +12,8 @@ import contextlib
 import functools
 import gc
 import signal
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -24,26 +22,18 @@ from .agi_server import AgiServer
 from .ami_bridge import AmiBridge
 from .config import Config
 from .conn_limits import plan_budgets, raise_nofile_limit
+from .http_api import start_http
 from .inbox import GROUPCHAT, InboundMessage
 from .presence import PresenceCache
 from .state_files import ensure_private_dir
 from .scripts import registry
+from .services_bundle import Services
 from .storage import AsyncStorage, Storage
 from .xmpp_pool import XmppPool
 
+__all__ = ["Services", "running_services", "serve"]  # Services lives in services_bundle.py
+
 log = structlog.get_logger(__name__)
-
-
-@dataclass(slots=True)
-class Services:
-    """What scripts and the HTTP API may use."""
-
-    config: Config
-    storage: AsyncStorage
-    presence: PresenceCache
-    pool: XmppPool
-    ami: AmiBridge | None = None  # with an [ami] section
-    started_at: float = field(default_factory=time.time)
 
 
 @contextlib.asynccontextmanager
@@ -82,8 +72,6 @@ async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:
     """Run the whole service until SIGINT/SIGTERM (or ``stop`` is set)."""
-    from .http_api import start_http  # http_api imports Services from here: still a cycle
-
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

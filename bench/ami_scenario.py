@@ -195,7 +195,6 @@ async def _voicemail_latency(lab: Any, ami_client: Any, owner: TimedPeer, count:
 
 
 async def _hint_latency(ami_client: Any, lamp: Peer, count: int) -> list[float]:
-    loop = asyncio.get_running_loop()
     latencies: list[float] = []
     # settle: the service must see the subscription before presence counts
     for attempt in range(200):

@@ -115,16 +115,10 @@ async def settle(harness) -> None:
 
 async def failed_reasons(harness, tally: Tally) -> set[str]:
     """Bodies whose rows the server refused for good (reported, so not 'lost')."""
-    storage = harness.services.storage.storage
     failed = set()
-    from agi_xmpp.storage import _OutboxRow  # the soak reads rows directly, once per run
-    from sqlalchemy import select
-    from sqlalchemy.orm import Session
-
-    with Session(storage._engine) as session:
-        for row in session.scalars(select(_OutboxRow).where(_OutboxRow.state.in_(["failed", "expired"]))):
-            failed.add(row.body)
-            tally.reasons[row.last_error or row.state] += 1
+    for item in await harness.services.storage.outbox_in_states(["failed", "expired"]):
+        failed.add(item.body)
+        tally.reasons[item.last_error or item.state.value] += 1
     return failed
 
 

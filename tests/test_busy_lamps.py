@@ -9,7 +9,7 @@ from agi_xmpp.presence import Show
 
 
 def test_documented_mapping():
-    """dnd → BUSY, offline → UNAVAILABLE, available → NOT_INUSE (SPEC §3), every show mapped."""
+    """dnd → BUSY, offline → UNAVAILABLE, available → NOT_INUSE (docs/ami.md), every show mapped."""
     assert DEVICE_STATES[Show.DND] == "BUSY"
     assert DEVICE_STATES[Show.OFFLINE] == "UNAVAILABLE"
     assert DEVICE_STATES[Show.AVAILABLE] == "NOT_INUSE"

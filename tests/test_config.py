@@ -20,7 +20,6 @@ from agi_xmpp.config import (
     DirectoryEntry,
     GeneralConfig,
     check_jid,
-    default_config,
     load_config,
     make_directory_entry,
     parse_bind,
@@ -67,11 +66,10 @@ def assert_error(err: ConfigError, path: Path, line: int, *words: str) -> None:
 # ---------------------------------------------------------------------------- defaults
 
 
-def test_default_config_has_spec_defaults() -> None:
-    """With no file at all the service gets every documented default and no accounts."""
-    config = default_config("/tmp/state")
+def test_general_defaults_are_the_documented_ones(tmp_path: Path) -> None:
+    """A file that sets only state_dir gets every documented default and no accounts."""
+    config = load(tmp_path, "[general]\nstate_dir = /tmp/state\n")
     g = config.general
-    assert config.path is None
     assert g.agi_bind == BindAddress("127.0.0.1", 4573)
     assert g.agi_allow == (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
     assert g.http_bind == BindAddress("127.0.0.1", 4580)

@@ -1,4 +1,4 @@
-"""The per-account message buffer and waiters behind jabber_receive (agi_xmpp.inbox, SPEC §2.3)."""
+"""The per-account message buffer and waiters behind jabber_receive (agi_xmpp.inbox, docs/dialplan.md)."""
 
 from __future__ import annotations
 

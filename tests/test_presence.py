@@ -1,4 +1,4 @@
-"""The presence cache behind jabber_status (agi_xmpp.presence, SPEC §2.2)."""
+"""The presence cache behind jabber_status (agi_xmpp.presence, docs/dialplan.md)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_each_show_maps_to_its_code(cache: PresenceCache, show: str | None, code
 
 
 def test_codes_table_is_res_xmpp_compatible() -> None:
-    """Show words and codes are exactly SPEC §2.2's 1..7."""
+    """Show words and codes are exactly docs/dialplan.md's 1..7."""
     assert [(str(s), CODES[s]) for s in Show] == [
         ("available", 1),
         ("chat", 2),
@@ -266,18 +266,16 @@ def test_drop_presence_touches_one_account_only(cache: PresenceCache) -> None:
     assert cache.drop_presence("never-seen") == []
 
 
-def test_roster_add_and_remove(cache: PresenceCache) -> None:
-    """roster_add makes a contact 6 (or its presence visible); roster_remove makes it 7."""
+def test_roster_join_and_leave(cache: PresenceCache) -> None:
+    """Joining the roster makes a contact 6 (or its presence visible); leaving it makes it 7."""
     online(cache, "carol@example.com/x", show="dnd")  # presence ahead of the roster push
     assert status(cache, "carol@example.com").code == 7
-    assert cache.roster_add(ACCOUNT, "Carol@Example.com")
+    cache.set_roster(ACCOUNT, [ALICE, "Carol@Example.com"])
     assert status(cache, "carol@example.com").code == 5
-    assert cache.roster_remove(ACCOUNT, "carol@example.com")
+    cache.set_roster(ACCOUNT, [ALICE])
     assert status(cache, "carol@example.com").code == 7
-    assert cache.roster_add(ACCOUNT, "carol@example.com")
+    cache.set_roster(ACCOUNT, [ALICE, "carol@example.com"])
     assert status(cache, "carol@example.com").code == 6  # presence forgotten with the removal
-    assert not cache.roster_remove(ACCOUNT, "nobody@example.com")
-    assert not cache.roster_add(ACCOUNT, "not a jid@")
 
 
 def test_set_roster_replaces_and_skips_junk(cache: PresenceCache) -> None:
@@ -288,7 +286,7 @@ def test_set_roster_replaces_and_skips_junk(cache: PresenceCache) -> None:
     assert cache.contacts(ACCOUNT) == ["bob@example.com", "carol@example.com", "dave@x.org"]
     assert status(cache, ALICE).code == 7
     assert status(cache, "bob@example.com").code == 1
-    cache.roster_add(ACCOUNT, ALICE)
+    cache.set_roster(ACCOUNT, ["bob@example.com", "carol@example.com", "dave@x.org", ALICE])
     assert status(cache, ALICE).code == 6
 
 

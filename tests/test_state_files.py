@@ -1,4 +1,4 @@
-"""State files are private whatever the umask: directories 0700, files 0600 (SPEC §4)."""
+"""State files are private whatever the umask: directories 0700, files 0600 (docs/security.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The AMI side (SPEC §3) against the real Asterisk 22 lab and a real Prosody.
+"""The AMI side (docs/ami.md) against the real Asterisk 22 lab and a real Prosody.
 
 The service logs in as an AMI user with only the privileges docs/ami.md asks for (so the docs
 are tested too). Voicemails are really left: a ``Local/`` channel plays a prompt into

@@ -1,4 +1,4 @@
-"""chat_menu through the whole service, a real Prosody and the fake Asterisk (SPEC §2.5)."""
+"""chat_menu through the whole service, a real Prosody and the fake Asterisk (docs/chat-menu.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Nothing lost, nothing injected: jabber_send under server crashes, outages, dead links and
-killed services (SPEC §4), through a real Prosody.
+killed services (docs/reliability.md), through a real Prosody.
 
 Every test sends numbered bodies and checks, at the recipient, that each body arrived at least
 once and that any copy seen twice carries the same stanza id both times (a retransmission the

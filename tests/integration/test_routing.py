@@ -121,7 +121,7 @@ ALL = "&".join(MIX)
     ],
 )
 async def test_each_policy_against_a_mix_of_presences(team, policy, dial):
-    """Each policy passes exactly the presence codes SPEC §2.6 names, dialling directory devices."""
+    """Each policy passes exactly the presence codes docs/features.md names, dialling directory devices."""
     result = await team.svc.call("presence_route", "asterisk", ALL, policy)
     assert result.variables == {
         "PRESENCE_ROUTE_DIAL": dial,
