@@ -29,6 +29,7 @@ from .presence import PresenceCache
 from .state_files import ensure_private_dir
 from .scripts import registry
 from .storage import AsyncStorage, Storage
+from .xmpp_facade import XmppFacade
 from .xmpp_pool import XmppPool
 
 log = structlog.get_logger(__name__)
@@ -44,6 +45,11 @@ class Services:
     pool: XmppPool
     ami: AmiBridge | None = None  # with an [ami] section
     started_at: float = field(default_factory=time.time)
+    # The scripts' one entry to the XMPP side (xmpp_facade.py); built from pool and presence.
+    xmpp: XmppFacade = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.xmpp = XmppFacade(self.pool, self.presence)
 
 
 @contextlib.asynccontextmanager
