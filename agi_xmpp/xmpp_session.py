@@ -71,6 +71,7 @@ from .config import AccountConfig
 from .delivery import DeliveryTracker, Stage
 from .errors import InvalidJid, NotOnline, RoomJoinFailed
 from .inbox import InboundMessage
+from .supervisor import TaskSet
 from .jid import Jid, parse_jid
 
 log = structlog.get_logger(__name__)
@@ -202,6 +203,9 @@ class XmppSession:
         self._keepalive_task: asyncio.Task[None] | None = None
         self._jid = parse_jid(account.username)
         self.log = log.bind(account=self.name)
+        # Every task this session starts (handlers, keepalive, barrier, re-joins, pings) is
+        # owned here: a failure is logged, and close_tasks() awaits them all at stop.
+        self._tasks = TaskSet(self.log, "xmpp_background_task_failed")
 
     def __repr__(self) -> str:
         return f"<XmppSession {self.name} {self.state} rooms={len(self._rooms)}>"
@@ -455,16 +459,23 @@ class XmppSession:
             try:
                 result = handler(arg)
                 if asyncio.iscoroutine(result):
-                    task = asyncio.ensure_future(result)
-                    task.add_done_callback(self._log_task_error)
+                    self._tasks.spawn(result, handler.__name__)
             except Exception:  # noqa: BLE001
                 self.log.exception("xmpp_handler_failed", handler=handler.__name__)
 
         return call
 
-    def _log_task_error(self, task: asyncio.Task) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self.log.error("xmpp_handler_failed", error=repr(task.exception()))
+    async def close_tasks(self) -> None:
+        """After ``stop()`` and the end of ``run()``: await (cancel) every task we started."""
+        self._cancel_helpers()
+        await self._tasks.aclose()
+        client = self._client
+        # slixmpp runs its send queue in a task for the client's whole life and cancels it only
+        # in __del__: the client is ours, so its task is ours to end.
+        sender = getattr(client, "_run_out_filters", None)
+        if sender is not None and not sender.done():
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
 
     async def _on_session_start(self, _event: object) -> None:
         """A fresh session: fetch the roster, announce presence, re-join rooms, then go online."""
@@ -482,13 +493,11 @@ class XmppSession:
         for room, state in list(self._rooms.items()):
             state.joined = False
             state.waiter = None  # a join sent on the old stream will never be answered
-            asyncio.ensure_future(self._rejoin(room, state.nick)).add_done_callback(self._log_task_error)
+            self._tasks.spawn(self._rejoin(room, state.nick), f"rejoin {room}")
 
     def _on_session_resumed(self, resumed: object) -> None:
         self.resumptions += 1
-        watch = asyncio.ensure_future(self._watch_resumed(self._progress_mark()))
-        watch.add_done_callback(self._log_task_error)
-        self._resume_watch = watch
+        self._resume_watch = self._tasks.spawn(self._watch_resumed(self._progress_mark()), "resumed-watch")
         try:
             h = int(resumed["h"])  # type: ignore[index]
         except (TypeError, ValueError, KeyError):
@@ -520,7 +529,7 @@ class XmppSession:
         self.connected_since = loop.time()
         self.log.info("xmpp_session_online", resumed=resumed)
         if self._keepalive_task is None or self._keepalive_task.done():
-            self._keepalive_task = asyncio.ensure_future(self._keepalive())
+            self._keepalive_task = self._tasks.spawn(self._keepalive(), "keepalive")
         if self._attempt is not None and not self._attempt.done():
             self._attempt.set_result(True)
         self._listener.session_online(self.name, resumed=resumed)
@@ -806,7 +815,7 @@ class XmppSession:
 
     def _schedule_barrier(self) -> None:
         if self._barrier_task is None or self._barrier_task.done():
-            self._barrier_task = asyncio.ensure_future(self._barrier())
+            self._barrier_task = self._tasks.spawn(self._barrier(), "barrier")
 
     async def _barrier(self) -> None:
         """Ping our server until every message written so far is covered; one ping in flight.
@@ -856,7 +865,9 @@ class XmppSession:
             iq["type"] = "get"
             iq["to"] = client.boundjid.domain
             iq.enable("ping")
-            answer = asyncio.ensure_future(iq.send(timeout=3600))
+            answer = self._tasks.spawn(_answered(iq), "keepalive-ping")
+            if answer is None:
+                return  # stopping
             loop = asyncio.get_running_loop()
             mark = self._progress_mark()
             last_progress = loop.time()
@@ -880,10 +891,7 @@ class XmppSession:
                     client.abort()
                     return
             finally:
-                if not answer.done():
-                    answer.cancel()
-                elif not answer.cancelled():
-                    answer.exception()  # IqError is an answer too; retrieve it
+                answer.cancel()  # no-op once answered; the task set awaits it
 
     def _progress_mark(self) -> tuple[int, int]:
         """(bytes read so far, bytes still waiting to leave us): see ``_progressed``."""
@@ -911,7 +919,9 @@ class XmppSession:
         iq["type"] = "get"
         iq["to"] = client.boundjid.domain
         iq.enable("ping")
-        probe = asyncio.ensure_future(iq.send(timeout=3600))
+        probe = self._tasks.spawn(_answered(iq), "resumed-probe")
+        if probe is None:
+            return  # stopping
         try:
             while True:
                 await asyncio.sleep(self._keepalive_timeout)
@@ -922,10 +932,7 @@ class XmppSession:
                 if loop.time() - started >= allowed:
                     break
         finally:
-            if not probe.done():
-                probe.cancel()
-            elif not probe.cancelled():
-                probe.exception()
+            probe.cancel()  # no-op once answered; the task set awaits it
         self.log.warning("xmpp_resumed_stream_stalled")
         self._fail("timeout", "resumed stream made no progress")
         client.event("session_end")  # no further resumption: a fresh session resends the outbox
@@ -1079,6 +1086,14 @@ def _tls_reason(error: object) -> str:
     if reason and detail:
         return f"{reason}: {detail}"
     return str(reason or detail or error)
+
+
+async def _answered(iq: Iq) -> None:
+    """Send ``iq`` and wait for any answer: an error reply (``IqError``) is an answer too."""
+    try:
+        await iq.send(timeout=3600)
+    except IqError:
+        pass
 
 
 def _progressed(before: tuple[int, int], after: tuple[int, int]) -> bool:
