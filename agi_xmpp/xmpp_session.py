@@ -183,6 +183,7 @@ class XmppSession:
         self.failure = ""  # the class of the last failure (module docstring), "" while online
         self.next_retry_delay: float | None = None
         self.auth_attempts = 0  # SASL exchanges that failed, over the account's life
+        self.forged_roster_pushes = 0  # roster pushes not from our own account, dropped
         self._client: slixmpp.ClientXMPP | None = None
         self.state = "stopped"
         self.last_error = ""
@@ -385,6 +386,9 @@ class XmppSession:
         # Runs after every other outgoing filter (XEP-0198's numbering is 'out_sync'), right
         # before slixmpp writes the stanza: the one place that knows whether it hit a live link.
         client.add_filter("out_sce", self._observe_write)
+        # Before any handler: slixmpp's own roster handler raised on a forged push and logged a
+        # traceback for each one, a log line any stranger could provoke on demand.
+        client.add_filter("in", self._drop_forged_roster_push)
         receive = client.data_received
 
         def count_and_receive(data: bytes) -> None:
@@ -434,6 +438,38 @@ class XmppSession:
                 return None  # its send() times out; the coverage goes to the next barrier
             self.delivery.barrier_written(stanza["id"])
         return stanza
+
+    def _drop_forged_roster_push(self, stanza: object) -> object | None:
+        """RFC 6121 §2.1.6: a roster push not from our own account (no ``from``, or our bare
+        JID) MUST be ignored. It is dropped here, answered ``service-unavailable`` (RFC 6120
+        §8.2.3: an iq set gets a reply; the answer tells nothing), counted and logged (the
+        warning is rate limited, logs.py)."""
+        if not isinstance(stanza, Iq) or stanza.xml.get("type") != "set":
+            return stanza
+        if stanza.xml.find("{jabber:iq:roster}query") is None:
+            return stanza
+        sender = stanza.xml.get("from", "")
+        try:
+            if not sender or parse_jid(sender).bare == self._jid.bare:
+                return stanza
+            reply_to: str | None = parse_jid(sender).full
+        except InvalidJid:
+            reply_to = None  # nobody to answer
+        self.forged_roster_pushes += 1
+        self.log.warning("xmpp_roster_push_refused", sender=sender[:200], count=self.forged_roster_pushes)
+        client = self._client
+        if reply_to is not None and client is not None and client.transport is not None:
+            try:  # an exception here would escape slixmpp's read loop: never let one
+                reply = client.Iq()
+                reply["type"] = "error"
+                reply["to"] = reply_to
+                reply["id"] = stanza.xml.get("id", "")
+                reply["error"]["type"] = "cancel"
+                reply["error"]["condition"] = "service-unavailable"
+                reply.send()
+            except Exception as exc:  # noqa: BLE001 - slixmpp refuses what we accepted: no answer
+                self.log.debug("xmpp_roster_push_unanswered", error=str(exc))
+        return None
 
     def _on_sm_enabled(self, enabled: object) -> None:
         try:
