@@ -49,13 +49,13 @@ import structlog
 
 from .archive_quota import ArchiveQuota
 from .config import AccountConfig, Config
-from .errors import InvalidJid, StorageError
+from .errors import InvalidJid, NotOnline, RoomJoinFailed, StorageError
 from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
 from .storage import AsyncStorage, OutboxItem
 from .supervisor import Supervisor, TaskSet
-from .xmpp_session import Backoff, NotOnline, RoomJoinFailed, XmppSession
+from .xmpp_session import Backoff, XmppSession
 
 log = structlog.get_logger(__name__)
 
