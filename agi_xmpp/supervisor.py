@@ -57,11 +57,6 @@ class Supervisor:
         self._tasks[name] = task
         return task
 
-    def cancel(self, name: str) -> None:
-        task = self._tasks.get(name)
-        if task is not None and not task.done():
-            task.cancel()
-
     def status(self) -> dict[str, dict[str, object]]:
         """Every job that is not simply running or finished: for ``/health``."""
         return {

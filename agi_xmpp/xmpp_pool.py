@@ -376,7 +376,7 @@ class XmppPool:
     # -- receiving (for jabber_receive and chat_menu) -------------------------------------------
 
     async def receive(
-        self, account: str, matcher: Matcher, timeout: float, cancelled: asyncio.Event | None = None
+        self, account: str, matcher: Matcher, timeout: float, cancelled: asyncio.Event
     ) -> InboundMessage | None:
         """The oldest buffered match, or the next one to arrive within ``timeout``; None if not.
 
@@ -396,17 +396,13 @@ class XmppPool:
             return True
 
         waiter = inbox.add_waiter(matcher, deliver)
-        waits: list[asyncio.Future] = [future]
-        cancel_wait = None
-        if cancelled is not None:
-            cancel_wait = asyncio.ensure_future(cancelled.wait())
-            waits.append(cancel_wait)
+        # Owned by this call: it ends with it (cancelled, or done when the caller hung up).
+        cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((future, cancel_wait), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            if cancel_wait is not None:
-                cancel_wait.cancel()
+            cancel_wait.cancel()
         if future.done():
             return future.result()
         future.cancel()

@@ -128,15 +128,16 @@ class SessionRooms:
         presence.append(x)
         presence.send()
 
-    async def leave_room(self, room: Jid, nick: str | None = None) -> bool:
-        """Leave a room (and stop re-joining it); False when we were not in it."""
+    async def leave_room(self, room: Jid) -> bool:
+        """Leave a room under the nick we use there (and stop re-joining it); False when we
+        were not in it."""
         state = self._rooms.pop(room.bare, None)
         if state is None:
             return False
         if state.waiter is not None and not state.waiter.done():
             state.waiter.set_exception(RoomJoinFailed(f"left room {room.bare} before the join completed"))
         if self.online and self._client is not None:
-            self._client.send_presence(pto=f"{room.bare}/{nick or state.nick}", ptype="unavailable")
+            self._client.send_presence(pto=f"{room.bare}/{state.nick}", ptype="unavailable")
         return True
 
     def _on_room_presence(self, room: _Room, sender: Jid, presence: object, kind: str | None) -> None:

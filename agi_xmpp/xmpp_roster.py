@@ -13,7 +13,7 @@ A mixin of ``XmppSession`` (xmpp_session.py), which sets the attributes declared
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import slixmpp
@@ -165,10 +165,3 @@ class SessionRoster:
         for jid in list(roster.keys()):
             if jid != self._jid.bare and roster[jid]["to"]:
                 client.send_presence(pto=jid, ptype="probe")
-
-    def roster_items(self) -> Iterable[tuple[str, str]]:
-        """(bare JID, subscription) for every roster entry with a real subscription state."""
-        if self._client is None:
-            return []
-        roster = self._client.client_roster
-        return [(jid, roster[jid]["subscription"]) for jid in roster.keys()]

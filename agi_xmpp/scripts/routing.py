@@ -220,5 +220,3 @@ async def _with_history(
         return text  # the notice matters more than its history
     return full
 
-
-__all__ = ["POLICIES", "default_notice", "format_history", "resolve_target"]
