@@ -53,8 +53,8 @@ class XmppFacade:
         ``error`` (``account offline (<state>)``) lets the dialplan tell "contact offline" from
         "our link is down"."""
         answer = self._presence.status(account.name, jid)
-        session = self._sessions.get(account.name)
-        if session is None or session.online:
+        session = self._sessions[account.name]  # every configured account has one
+        if session.online:
             return answer
         if answer.code == 7 and jid.bare in {b.lower() for b in account.buddies}:
             answer = StatusAnswer(code=6, show=Show.OFFLINE, message="", resource="")

@@ -67,7 +67,8 @@ def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
     # From the cache; while the account is offline the error says the answer is not live
     # (docs/dialplan.md, jabber_status).
     answer = services.xmpp.status(account, jid)
-    out["JABBER_STATUS_ERROR"] = answer.error
+    if answer.error:  # "" while the account is live (the usual case): nothing to set
+        out["JABBER_STATUS_ERROR"] = answer.error
     out[target or "JABBER_STATUS"] = str(answer.code)
     out["JABBER_STATUS_SHOW"] = str(answer.show)  # a StrEnum: its value, without the enum lookup
     out["JABBER_STATUS_MESSAGE"] = sanitize(answer.message)
