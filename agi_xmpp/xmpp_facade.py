@@ -1,9 +1,9 @@
 """The XMPP side as a dialplan script sees it: one object whose methods say what a script wants.
 
-Scripts reach XMPP only through ``services.xmpp`` (an :class:`XmppFacade`): a contact's status, a
-send (optionally confirmed), a receive that gives the message back when the caller has left,
-rooms, the account's nick, whether the account is online. They never touch the pool's inboxes,
-its sessions or its confirmation bookkeeping. What a script still reads elsewhere, and why:
+Scripts reach XMPP only through ``services.xmpp`` (an :class:`XmppFacade`): a contact's status,
+a send (optionally confirmed), a receive that gives the message back when the caller has left,
+rooms, the account's nick, a live account where a script needs one. They never touch the pool's
+inboxes, its sessions or its confirmation bookkeeping. What a script still reads elsewhere, and why:
 ``services.storage`` for the directory and the archive (local data, not the XMPP side), and
 ``services.config`` for accounts and limits.
 
@@ -59,10 +59,6 @@ class XmppFacade:
         if answer.code == 7 and jid.bare in {b.lower() for b in account.buddies}:
             answer = StatusAnswer(code=6, show=Show.OFFLINE, message="", resource="")
         return replace(answer, error=f"account offline ({session.state})")
-
-    def online(self, account: str) -> bool:
-        """Whether the account has a live stream right now."""
-        return self._pool.session(account).online
 
     def require_online(self, account: str, consequence: str) -> None:
         """Raise ``NotOnline`` ("account X is not connected; <consequence>") unless it is live."""
