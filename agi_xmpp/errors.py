@@ -6,18 +6,20 @@
     │   ├── LocalProtocolError      we were about to break the rules (refused before the wire)
     │   └── RemoteProtocolError     the Asterisk side broke them
     ├── ChannelGone                 the AGI connection closed or the channel hung up
-    ├── ScriptError                 a script's argument or request is wrong: becomes *_STATUS=FAILURE
+    ├── ScriptError                 a script's argument or request is wrong
     │   ├── InvalidJid              a JID that does not parse
-    │   ├── UnknownAccount          an account name that is not configured
-    │   └── RoomJoinFailed          a room refused the join, or did not confirm it in time
+    │   └── UnknownAccount          an account name that is not configured
     ├── XmppError                   the XMPP side cannot do it right now
-    │   └── NotOnline               the account's session has no live stream (the pool queues)
+    │   ├── NotOnline               the account's session has no live stream (the pool queues)
+    │   └── RoomJoinFailed          a room refused the join, or did not confirm it in time
     ├── DirectoryError              a directory entry that is malformed or duplicated
     └── StorageError                the database refused, is unreachable, or missed its deadline
 
-Scripts turn ``ScriptError`` into their ``*_STATUS``/``*_ERROR`` variables; the message of a
-``ScriptError`` is shown to the administrator, so it is one plain line. ``StorageError`` reaches
-the dialplan as ``FAILURE`` with ``database unavailable: <reason>`` (``scripts/base.py``).
+One place turns these into dialplan variables: ``scripts/base.py``'s wrapper sets the script's
+``*_STATUS=FAILURE`` and ``*_ERROR`` to the error's one plain line (``ScriptError``,
+``XmppError``), to ``database unavailable: <reason>`` (``StorageError``, however deep it was
+raised), or to ``internal error (...)`` for anything outside this tree (a bug: logged with its
+traceback). Scripts and the XMPP facade (``xmpp_facade.py``) raise; they do not translate.
 """
 
 from __future__ import annotations
@@ -68,16 +70,16 @@ class UnknownAccount(ScriptError):
     """An ACCOUNT argument that names no configured account."""
 
 
-class RoomJoinFailed(ScriptError):
-    """The room refused the join, or did not confirm it in time."""
-
-
 class XmppError(AgiXmppError):
     """The XMPP side cannot do this right now."""
 
 
 class NotOnline(XmppError):
     """The session has no live stream right now."""
+
+
+class RoomJoinFailed(XmppError):
+    """The room refused the join, or did not confirm it in time."""
 
 
 class DirectoryError(AgiXmppError):

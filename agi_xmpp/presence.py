@@ -107,12 +107,16 @@ def parse_show(value: str | None) -> Show:
 
 @dataclass(frozen=True, slots=True)
 class StatusAnswer:
-    """What ``jabber_status`` reports; ``resource``/``message`` are ``""`` when none was chosen."""
+    """What ``jabber_status`` reports; ``resource``/``message`` are ``""`` when none was chosen.
+
+    ``error`` says why the answer is not live ("" when it is): set by the XMPP facade while the
+    account is offline (xmpp_facade.py), never by the cache."""
 
     code: int
     show: Show
     message: str
     resource: str
+    error: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from .state_files import ensure_private_dir
 from .scripts import registry
 from .services_bundle import Services
 from .storage import AsyncStorage, Storage
+from .supervisor import TaskSet
 from .xmpp_pool import XmppPool
 
 __all__ = ["Services", "running_services", "serve"]  # Services lives in services_bundle.py
@@ -56,18 +57,13 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
         if ami is not None:
             await ami.start()
             started.push_async_callback(ami.stop)
-        retention = asyncio.create_task(_archive_retention(async_storage, config.general.archive_retention))
-        started.push_async_callback(_cancel_and_wait, retention)
+        background = TaskSet(log)  # archive retention: cancelled and awaited at stop
+        started.push_async_callback(background.aclose)
+        background.spawn(_archive_retention(async_storage, config.general.archive_retention), "archive-retention")
         for warning in config.warnings:
             log.warning("config_warning", detail=warning)
         log.info("services_started", accounts=sorted(config.accounts))
         yield Services(config=config, storage=async_storage, presence=presence, pool=pool, ami=ami)
-
-
-async def _cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 async def serve(config: Config, *, stop: asyncio.Event | None = None) -> None:

@@ -8,8 +8,10 @@ SQLAlchemy (tests/test_purity.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from .xmpp_facade import XmppFacade  # pure: loads neither slixmpp nor SQLAlchemy
 
 if TYPE_CHECKING:
     from .ami_bridge import AmiBridge
@@ -28,3 +30,8 @@ class Services:
     presence: PresenceCache
     pool: XmppPool
     ami: AmiBridge | None = None  # with an [ami] section
+    # The scripts' one entry to the XMPP side (xmpp_facade.py); built from pool and presence.
+    xmpp: XmppFacade = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.xmpp = XmppFacade(self.pool, self.presence)

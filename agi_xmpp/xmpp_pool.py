@@ -49,13 +49,13 @@ import structlog
 
 from .archive_quota import ArchiveQuota
 from .config import AccountConfig, Config
-from .errors import InvalidJid, StorageError
+from .errors import InvalidJid, NotOnline, RoomJoinFailed, StorageError
 from .inbox import InboundMessage, Inbox, Matcher
 from .jid import Jid, parse_jid
 from .presence import PresenceCache
 from .storage import AsyncStorage, OutboxItem
-from .supervisor import Supervisor
-from .xmpp_session import Backoff, NotOnline, RoomJoinFailed, XmppSession
+from .supervisor import Supervisor, TaskSet
+from .xmpp_session import Backoff, XmppSession
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +135,8 @@ class XmppPool:
         self._confirmations: dict[str, _Confirmation] = {}
         self._wants_receipt: set[str] = set()
         self.supervisor = Supervisor()
+        # Archive writes, bounce records and retries, the ack flush: awaited (or cancelled) at stop.
+        self._tasks = TaskSet(log, "pool_background_task_failed")
         self._message_hooks: list[Callable[[str, InboundMessage], bool]] = []
         self._presence_hooks: list[Callable[[str, str | None], None]] = []
         self._ack_batch: list[str] = []
@@ -159,10 +161,10 @@ class XmppPool:
         self._retry_handles.clear()
         await asyncio.gather(*(s.stop() for s in self.sessions.values()), return_exceptions=True)
         await self.supervisor.stop()
-        if self._ack_flush is not None and not self._ack_flush.done():
-            # the last confirmations; unflushed ones only cost a duplicate after a restart
-            await asyncio.wait([self._ack_flush], timeout=2.0)
-            self._ack_flush.cancel()
+        await asyncio.gather(*(s.close_tasks() for s in self.sessions.values()))
+        # The last confirmations and archive writes get 2 s; what is cancelled only costs a
+        # duplicate after a restart (an unflushed ack) or one archive line.
+        await self._tasks.aclose(grace=2.0)
 
     def session(self, account: str) -> XmppSession:
         return self.sessions[account]
@@ -374,7 +376,7 @@ class XmppPool:
     # -- receiving (for jabber_receive and chat_menu) -------------------------------------------
 
     async def receive(
-        self, account: str, matcher: Matcher, timeout: float, cancelled: asyncio.Event | None = None
+        self, account: str, matcher: Matcher, timeout: float, cancelled: asyncio.Event
     ) -> InboundMessage | None:
         """The oldest buffered match, or the next one to arrive within ``timeout``; None if not.
 
@@ -394,17 +396,13 @@ class XmppPool:
             return True
 
         waiter = inbox.add_waiter(matcher, deliver)
-        waits: list[asyncio.Future] = [future]
-        cancel_wait = None
-        if cancelled is not None:
-            cancel_wait = asyncio.ensure_future(cancelled.wait())
-            waits.append(cancel_wait)
+        # Owned by this call: it ends with it (cancelled, or done when the caller hung up).
+        cancel_wait = asyncio.ensure_future(cancelled.wait())
         try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((future, cancel_wait), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            if cancel_wait is not None:
-                cancel_wait.cancel()
+            cancel_wait.cancel()
         if future.done():
             return future.result()
         future.cancel()
@@ -458,9 +456,10 @@ class XmppPool:
             account, message.sender.bare, len(message.body), inbox.is_trusted is None or inbox.is_trusted(message)
         ):
             return
-        asyncio.ensure_future(
-            self.storage.archive_add("in", account, message.sender.bare, message.body, message.stanza_id)
-        ).add_done_callback(_log_archive_failure)
+        self._tasks.spawn(
+            self.storage.archive_add("in", account, message.sender.bare, message.body, message.stanza_id),
+            "archive-in",
+        )
 
     def stanza_acked(self, account: str, stanza_id: str) -> None:
         waiting = self._confirmations.get(stanza_id)
@@ -474,7 +473,7 @@ class XmppPool:
             resend_view.add(stanza_id)
         self._ack_batch.append(stanza_id)
         if self._ack_flush is None or self._ack_flush.done():
-            self._ack_flush = asyncio.create_task(self._flush_acks())
+            self._ack_flush = self._tasks.spawn(self._flush_acks(), "outbox-ack-flush")
 
     async def _flush_acks(self) -> None:
         """Mark confirmed rows in batches: one UPDATE per burst, not one per message."""
@@ -513,8 +512,7 @@ class XmppPool:
             self.counters.bounced_wait += 1
         log.warning("outbox_bounced", account=account, stanza_id=stanza_id, error=reason,
                     retry=not permanent)
-        task = asyncio.ensure_future(self._record_bounce(account, stanza_id, permanent, reason))
-        task.add_done_callback(_log_archive_failure)
+        self._tasks.spawn(self._record_bounce(account, stanza_id, permanent, reason), "outbox-bounce")
 
     def receipt_received(self, account: str, stanza_id: str) -> None:
         """XEP-0184: the recipient's client confirmed one of our messages."""
@@ -522,8 +520,7 @@ class XmppPool:
         if waiting is not None:
             waiting.delivered.set()
         self.counters.delivered += 1
-        task = asyncio.ensure_future(self.storage.archive_delivered(stanza_id))
-        task.add_done_callback(_log_archive_failure)
+        self._tasks.spawn(self.storage.archive_delivered(stanza_id), "archive-delivered")
 
     async def _record_bounce(self, account: str, stanza_id: str, permanent: bool, reason: str) -> None:
         row = await self.storage.outbox_bounced(stanza_id, permanent=permanent, reason=reason)
@@ -536,7 +533,7 @@ class XmppPool:
             previous.cancel()
         loop = asyncio.get_running_loop()
         self._retry_handles[stanza_id] = loop.call_later(
-            delay, lambda: asyncio.ensure_future(self._retry_bounced(account, stanza_id))
+            delay, lambda: self._tasks.spawn(self._retry_bounced(account, stanza_id), "outbox-bounce-retry")
         )
 
     async def _retry_bounced(self, account: str, stanza_id: str) -> None:
@@ -584,9 +581,3 @@ class XmppPool:
 
     def all_online(self) -> bool:
         return all(s.online for s in self.sessions.values())
-
-
-def _log_archive_failure(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("archive_write_failed", error=repr(task.exception()))
-

@@ -1,7 +1,8 @@
 """What ``jabber_status`` reads, in memory: the config and a presence cache with alice ``away``.
 
 Shared by ``bench.inproc`` and ``bench.instr_server``; it uses only names every agi_xmpp tree
-since round 1 has, so ``--compare-src`` can measure an older tree with this bench.
+since round 1 has (plus the scripts' XMPP facade where the tree has one), so ``--compare-src``
+can measure an older tree with this bench.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from agi_xmpp.presence import PresenceCache
 
 
 class _OnlineSession:
-    online = True  # jabber_status asks whether its answer is live (newer trees only)
+    online = True
+    state = "online"  # jabber_status asks whether its answer is live (newer trees only)
 
 
 class _FakePool:
@@ -35,3 +37,8 @@ class FakeServices:
         self.presence.set_roster("asterisk", ["alice@localhost"])
         self.presence.update("asterisk", parse_jid("alice@localhost/desk"), available=True,
                              show="away", priority=0, status="In a meeting until 3")
+        try:  # trees since issue 12: scripts reach XMPP through services.xmpp
+            from agi_xmpp.xmpp_facade import XmppFacade
+        except ImportError:
+            return
+        self.xmpp = XmppFacade(self.pool, self.presence)  # type: ignore[arg-type]

@@ -41,3 +41,39 @@ async def test_job_that_returns_is_done_and_not_restarted():
     await supervisor.start("once", job)
     assert runs == 1 and supervisor.jobs["once"].state == "done" and supervisor.status() == {}
     await supervisor.stop()
+
+
+async def test_task_set_logs_a_failure_and_leaves_nothing_pending_at_close():
+    """A failing task of a TaskSet is logged with its name; aclose() lets running tasks finish
+    within the grace, cancels the rest and awaits them, so none is left pending."""
+    from structlog.testing import capture_logs
+
+    from agi_xmpp.supervisor import TaskSet
+
+    tasks = TaskSet()
+    finished = []
+
+    async def fails() -> None:
+        raise RuntimeError("database is locked")
+
+    async def quick() -> None:
+        await asyncio.sleep(0.01)
+        finished.append("quick")
+
+    async def forever() -> None:
+        await asyncio.sleep(3600)
+
+    before = asyncio.all_tasks()
+    with capture_logs() as logs:
+        tasks.spawn(fails(), "archive-in")
+        tasks.spawn(quick(), "quick")
+        slow = tasks.spawn(forever(), "forever")
+        await asyncio.sleep(0)
+        await tasks.aclose(grace=0.5)
+        assert tasks.spawn(forever(), "late") is None  # closed: nothing new starts
+    assert finished == ["quick"] and slow.cancelled()
+    assert asyncio.all_tasks() - before == set()
+    failures = [e for e in logs if e["event"] == "background_task_failed"]
+    assert failures == [{"event": "background_task_failed", "log_level": "error", "task": "archive-in",
+                         "error": "RuntimeError: database is locked"}]
+    assert any(e["event"] == "background_task_refused" and e["task"] == "late" for e in logs)

@@ -6,8 +6,14 @@ wrapper and argument helpers.
 
 Every script declares all the variables it documents; the ``dialplan_script`` wrapper sets every
 one of them on every run (empty unless the script filled it), so nothing from an earlier call can
-leak into a later decision. A ``ScriptError`` becomes ``*_STATUS=FAILURE`` plus a one-line
-``*_ERROR``; the caller is never hung up.
+leak into a later decision. The wrapper is the one place where a failure becomes dialplan
+variables (errors.py): a ``ScriptError`` or ``XmppError`` becomes ``*_STATUS=FAILURE`` plus its
+one-line ``*_ERROR``, a ``StorageError`` from anywhere below ``database unavailable: <reason>``;
+script bodies raise and never translate. The caller is never hung up.
+
+What a script may touch: its ``Channel``; ``services.xmpp`` (``xmpp_facade.XmppFacade``) for
+everything XMPP; ``services.presence`` only through that facade; ``services.storage`` for the
+directory and the archive; ``services.config``. Never the pool or its sessions.
 """
 
 from __future__ import annotations
@@ -19,14 +25,13 @@ from typing import TYPE_CHECKING
 from ..agi_channel import Channel
 from ..agi_protocol import check_variable_name, quote
 from ..agi_registry import ScriptRegistry
-from ..errors import ChannelGone, LocalProtocolError, ScriptError, StorageError
-from ..inbox import Matcher
+from ..errors import ChannelGone, LocalProtocolError, ScriptError, StorageError, XmppError
 from ..jid import Jid, parse_jid
 from ..values import check_message_size
 
 if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
     from ..config import AccountConfig
-    from ..services import Services
+    from ..services_bundle import Services
 
 registry = ScriptRegistry()
 
@@ -46,7 +51,7 @@ def dialplan_script(
     blank: Variables = dict.fromkeys(variables, "")  # copied per call: cheaper than building it
 
     def failed(channel: Channel, out: Variables, exc: Exception) -> None:
-        if isinstance(exc, ScriptError):
+        if isinstance(exc, (ScriptError, XmppError)):  # a wrong request, or XMPP cannot now
             reason = str(exc)
             channel.log.info("script_failed", error=reason)
         elif isinstance(exc, StorageError):  # unavailable or hung: say so, never hang
@@ -64,11 +69,10 @@ def dialplan_script(
             out[status] = "FAILURE"
         out[error] = reason
 
-    def fit(channel: Channel, out: Variables) -> None:
-        reason = oversized(channel, out)
-        if reason:  # never cut a value: say why instead (the text stays in the archive)
-            refuse(out, reason)
-            channel.log.info("script_failed", error=reason)
+    def too_long(channel: Channel, out: Variables, reason: str) -> None:
+        # never cut a value: say why instead (the text stays in the archive)
+        refuse(out, reason)
+        channel.log.info("script_failed", error=reason)
 
     def decorate(body: ScriptBody) -> ScriptBody:
         if inspect.iscoroutinefunction(body):
@@ -84,7 +88,9 @@ def dialplan_script(
                     failed(channel, out, exc)
                 # on success the error variable stays as the body left it: "" unless it
                 # explains a degraded answer (jabber_status while the account is offline)
-                fit(channel, out)
+                reason = oversized(channel, out)
+                if reason:
+                    too_long(channel, out, reason)
                 delivered = await channel.set_variables(out)
                 if not delivered and undo is not None:
                     undo()
@@ -101,7 +107,9 @@ def dialplan_script(
                     failed(channel, out, exc)
                 # on success the error variable stays as the body left it: "" unless it
                 # explains a degraded answer (jabber_status while the account is offline)
-                fit(channel, out)
+                reason = oversized(channel, out)
+                if reason:
+                    too_long(channel, out, reason)
                 return out
 
         run.__name__ = body.__name__
@@ -117,10 +125,11 @@ def oversized(channel: Channel, variables: Variables) -> str:
     A value the wire cannot carry at all (NUL, CR, LF) is refused by the encoder, as before.
     """
     limit = channel.line_limit
+    # Quoting at most doubles a character and UTF-8 takes at most 4 bytes for one, so a short
+    # value needs no exact count (the usual case: status words, short texts).
+    short = (limit - 20) // 4  # characters of name and value that surely fit
     for key, value in variables.items():
-        # Quoting at most doubles a character and UTF-8 takes at most 4 bytes for one, so a
-        # short value needs no exact count (the usual case: status words, short texts).
-        if 4 * (len(key) + len(value)) + 20 <= limit:
+        if len(key) + len(value) <= short:
             continue
         size = len(f"SET VARIABLE {quote(key)} {quote(value)}\n".encode())
         if size > limit:
@@ -195,36 +204,11 @@ async def send_with_confirm(
     channel: Channel, services: Services, account: str, to: Jid, body: str
 ) -> tuple[str, str]:
     """Send through the outbox, honouring ``confirm=`` (``server`` / ``receipt``) and
-    ``timeout=``; returns (status, error text). Without ``confirm=``: SUCCESS or QUEUED at once.
-
-    ``confirm=server``: SUCCESS once the server acknowledged the stanza (XEP-0198 ``h`` or a
-    barrier written after it), FAILURE with the server's error if it bounced, QUEUED otherwise
-    (link down, or no proof within the timeout: the message is still sent later).
-    ``confirm=receipt``: also asks the recipient's client for a XEP-0184 receipt; DELIVERED when
-    it comes in time, else what ``confirm=server`` answers."""
+    ``timeout=``; returns (status, error text). Without ``confirm=``: SUCCESS or QUEUED at once
+    (what each answer means: ``XmppFacade.send_confirmed``)."""
     mode = channel.options.get("confirm", "").strip().lower()
     if mode not in ("", "server", "receipt"):
         raise ScriptError(f"confirm= must be server or receipt, not {mode!r}")
     timeout = positive_seconds(channel.options.get("timeout", ""), CONFIRM_TIMEOUT,
                                float(services.config.general.max_receive_timeout), "timeout=")
-    pool = services.pool
-    outcome, stanza_id = await pool.submit(account, to, body, confirm=bool(mode), receipt=mode == "receipt")
-    if not mode:
-        return outcome.value, ""
-    if outcome.value == "QUEUED":
-        pool.forget_confirmation(stanza_id)
-        return "QUEUED", "account offline: not confirmed (still queued)"
-    status, reason = await pool.confirm(stanza_id, timeout, receipt=mode == "receipt")
-    return status.value, reason
-
-
-def receive_matcher(services: Services, account: str, jid: Jid) -> Matcher:
-    """A room JID the account has joined means "the room's next message"; otherwise the sender."""
-    if jid.is_bare:
-        # a room being re-joined after a reconnect is still that room: its messages will come
-        nick = services.pool.session(account).remembered_nick(jid.bare)
-        if nick is not None:
-            return Matcher.for_room(jid, nick)
-    return Matcher.for_jid(jid)
-
-
+    return await services.xmpp.send_confirmed(account, to, body, confirm=mode, timeout=timeout)

@@ -30,7 +30,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from ..agi_channel import Channel
-from ..errors import ChannelGone, ScriptError
+from ..errors import ChannelGone, NotOnline, ScriptError
 from ..inbox import InboundMessage, Matcher
 from ..jid import Jid
 from ..values import b64, check_message_size, sanitize
@@ -45,8 +45,7 @@ from .base import (
 )
 
 if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
-    from ..services import Services
-    from ..xmpp_pool import SendOutcome
+    from ..services_bundle import Services
 
 DEFAULT_HOLD = "agi-xmpp/please-hold"
 DEFAULT_TIMEOUT = 30.0
@@ -202,15 +201,6 @@ class Outcome:
     exhausted: bool = False  # TIMEOUT because more than `retries` replies were invalid
 
 
-async def _send(services: Services, account: str, to: Jid, text: str) -> SendOutcome:
-    try:
-        return await services.pool.send(account, to, text)
-    except ScriptError:
-        raise
-    except Exception as exc:  # storage down, session torn down: a FAILURE, not a crash
-        raise ScriptError(f"could not send the menu: {exc}") from exc
-
-
 async def _dialogue(
     channel: Channel,
     services: Services,
@@ -222,7 +212,7 @@ async def _dialogue(
     retries: int,
 ) -> Outcome:
     """Wait for a valid reply (the menu has been sent), re-sending after invalid ones."""
-    pool = services.pool
+    xmpp = services.xmpp
     loop = asyncio.get_running_loop()
     to = jid  # after the first reply, talk to the resource that answered (RFC 6121 §5.1)
     invalid = 0
@@ -231,10 +221,8 @@ async def _dialogue(
         remaining = deadline - loop.time()
         message = None
         if remaining > 0 and not channel.hangup.is_set():
-            message = await pool.receive(account, matcher, remaining, channel.hangup)
-        if channel.hangup.is_set():
-            if message is not None:
-                pool.inboxes[account].put(message)  # as jabber_receive: not consumed on HANGUP
+            message = await xmpp.receive(account, matcher, remaining, channel.hangup)
+        if channel.hangup.is_set():  # as jabber_receive: a reply taken meanwhile went back
             outcome = Outcome(MenuStatus.HANGUP, invalid=invalid)
             break
         if message is None:
@@ -252,7 +240,7 @@ async def _dialogue(
             outcome = Outcome(MenuStatus.TIMEOUT, reply=last_invalid, invalid=invalid,
                               exhausted=True)
             break
-        await _send(services, account, to, menu.hint_text())
+        await services.xmpp.send(account, to, menu.hint_text())
     await _close_notice(channel, services, account, to, menu, outcome)
     return outcome
 
@@ -271,7 +259,7 @@ async def _close_notice(
     else:
         text = "No reply in time; this menu is closed."
     try:
-        await services.pool.send(account, to, text)
+        await services.xmpp.send(account, to, text)
     except Exception as exc:  # noqa: BLE001 - best effort: the outcome stands
         channel.log.warning("chat_menu_notice_failed", error=str(exc))
 
@@ -334,16 +322,15 @@ async def chat_menu(channel: Channel, services: Services, out: Variables) -> Non
     if channel.hangup.is_set():
         out["CHAT_MENU_STATUS"] = MenuStatus.HANGUP.value
         return
-    if not services.pool.session(account).online:
-        # A queued menu would reach the person long after the caller has gone.
-        raise ScriptError(f"account {account} is not connected; the menu was not sent")
+    # A queued menu would reach the person long after the caller has gone.
+    services.xmpp.require_online(account, "the menu was not sent")
 
     loop = asyncio.get_running_loop()
     started = time.monotonic()
     deadline = loop.time() + timeout
     matcher = RepliesSince.build(jid, since=loop.time())
-    if await _send(services, account, jid, menu.text()) != "SUCCESS":  # a SendOutcome (StrEnum)
-        raise ScriptError(f"account {account} went offline; the menu is queued, not shown")
+    if await services.xmpp.send(account, jid, menu.text()) != "SUCCESS":  # a SendOutcome (StrEnum)
+        raise NotOnline(f"account {account} went offline; the menu is queued, not shown")
     channel.log.debug("chat_menu_sent", account=account, options=len(menu.options))
 
     dialogue = asyncio.create_task(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..agi_channel import Channel
-from ..presence import Show, StatusAnswer
 from ..values import b64, sanitize
 from .base import (
     Undo,
@@ -15,14 +14,13 @@ from .base import (
     dialplan_script,
     message_text,
     positive_seconds,
-    receive_matcher,
     required_jid,
     send_with_confirm,
     variable_name,
 )
 
 if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
-    from ..services import Services
+    from ..services_bundle import Services
 
 
 # -- the res_xmpp equivalents -------------------------------------------------------------------
@@ -66,14 +64,11 @@ def jabber_status(channel: Channel, services: Services, out: Variables) -> None:
         out[target] = ""
     account = account_for(channel, services)
     jid = required_jid(channel, 1)
-    answer = services.presence.status(account.name, jid)
-    session = services.pool.sessions.get(account.name)
-    if session is not None and not session.online:
-        # Not a live answer (docs/dialplan.md, jabber_status): configured buddies are in the roster even before the
-        # server sent it (6, never 7), and the dialplan can tell "our link is down" apart.
-        if answer.code == 7 and jid.bare in {b.lower() for b in account.buddies}:
-            answer = StatusAnswer(code=6, show=Show.OFFLINE, message="", resource="")
-        out["JABBER_STATUS_ERROR"] = f"account offline ({session.state})"
+    # From the cache; while the account is offline the error says the answer is not live
+    # (docs/dialplan.md, jabber_status).
+    answer = services.xmpp.status(account, jid)
+    if answer.error:  # "" while the account is live (the usual case): nothing to set
+        out["JABBER_STATUS_ERROR"] = answer.error
     out[target or "JABBER_STATUS"] = str(answer.code)
     out["JABBER_STATUS_SHOW"] = str(answer.show)  # a StrEnum: its value, without the enum lookup
     out["JABBER_STATUS_MESSAGE"] = sanitize(answer.message)
@@ -100,19 +95,18 @@ async def jabber_receive(channel: Channel, services: Services, out: Variables) -
     account = account_for(channel, services)
     jid = required_jid(channel, 1)
     timeout = positive_seconds(arg(channel, 2), 20.0, services.config.general.max_receive_timeout)
-    matcher = receive_matcher(services, account.name, jid)
-    message = await services.pool.receive(account.name, matcher, timeout, channel.hangup)
-    if channel.hangup.is_set():
-        if message is not None:
-            services.pool.inboxes[account.name].put(message)  # the caller left; keep it for others
+    xmpp = services.xmpp
+    matcher = xmpp.sender_matcher(account.name, jid)
+    message = await xmpp.receive(account.name, matcher, timeout, channel.hangup)
+    if channel.hangup.is_set():  # the caller left: a message taken meanwhile went back
         out["JABBER_RECEIVE_STATUS"] = "HANGUP"
-        return
+        return None
     if message is None:
         out["JABBER_RECEIVE_STATUS"] = "TIMEOUT"
-        return
+        return None
     out["JABBER_RECEIVE"] = sanitize(message.body)
     out["JABBER_RECEIVE_B64"] = b64(message.body)
     out["JABBER_RECEIVE_FROM"] = sanitize(message.sender.full)
     out["JABBER_RECEIVE_STATUS"] = "SUCCESS"
     # if the connection dies before Asterisk has the variables, the message goes back
-    return lambda: services.pool.inboxes[account.name].put(message)
+    return lambda: xmpp.put_back(account.name, message)

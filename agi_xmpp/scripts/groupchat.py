@@ -24,12 +24,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..agi_channel import Channel
-from ..errors import InvalidJid, ScriptError, StorageError
+from ..errors import InvalidJid, ScriptError
 from ..jid import Jid, parse_jid
 from .base import Variables, account_for, arg, dialplan_script, message_text
 
 if TYPE_CHECKING:  # a type only: importing a script must not load the XMPP side or the database
-    from ..services import Services
+    from ..services_bundle import Services
 
 
 def room_and_nick(channel: Channel, index: int, nick_text: str) -> tuple[Jid, str | None]:
@@ -62,8 +62,7 @@ def room_and_nick(channel: Channel, index: int, nick_text: str) -> tuple[Jid, st
 async def jabber_join(channel: Channel, services: Services, out: Variables) -> None:
     account = account_for(channel, services)
     room, nick = room_and_nick(channel, 1, arg(channel, 2))
-    session = services.pool.session(account.name)
-    joined_as = await session.join_room(room, nick or session.default_nick)
+    joined_as = await services.xmpp.join_room(account.name, room, nick)
     channel.log.info("room_joined", account=account.name, room=room.bare, nick=joined_as)
     out["JABBER_JOIN_STATUS"] = "SUCCESS"
 
@@ -80,7 +79,7 @@ async def jabber_join(channel: Channel, services: Services, out: Variables) -> N
 async def jabber_leave(channel: Channel, services: Services, out: Variables) -> None:
     account = account_for(channel, services)
     room, _nick = room_and_nick(channel, 1, arg(channel, 2))  # validated; we leave as joined
-    was_in = await services.pool.session(account.name).leave_room(room)
+    was_in = await services.xmpp.leave_room(account.name, room)
     channel.log.info("room_left", account=account.name, room=room.bare, was_in=was_in)
     out["JABBER_LEAVE_STATUS"] = "SUCCESS"
 
@@ -100,14 +99,5 @@ async def jabber_send_group(channel: Channel, services: Services, out: Variables
     account = account_for(channel, services)
     room, nick = room_and_nick(channel, 1, channel.options.get("nickname", ""))
     body = await message_text(channel, services, first=2)
-    session = services.pool.session(account.name)
-    if session.online:
-        if nick is not None or session.room_nick(room.bare) is None:
-            await session.join_room(room, nick)  # None: the remembered nick, else the default
-    else:
-        session.remember_room(room, nick)
-    try:
-        outcome = await services.pool.send(account.name, room, body, kind="groupchat")
-    except StorageError as exc:
-        raise ScriptError(f"could not store the message: {exc}") from None
+    outcome = await services.xmpp.send_to_room(account.name, room, nick, body)
     out["JABBER_SEND_GROUP_STATUS"] = outcome.value

@@ -18,9 +18,9 @@ Decisions where the product contract is silent (docs/features.md has the full li
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from ..agi_channel import Channel
 from ..config import DirectoryEntry
@@ -30,7 +30,7 @@ from ..values import check_message_size
 from .base import Variables, account_for, arg, dialplan_script, message_text, send_with_confirm
 
 if TYPE_CHECKING:  # types only: importing a script must not load the XMPP side or the database
-    from ..services import Services
+    from ..services_bundle import Services
     from ..storage import ArchivedMessage
 
 # Which jabber_status codes (docs/dialplan.md, "jabber_status") let a target ring
@@ -43,28 +43,20 @@ POLICIES: dict[str, Callable[[int], bool]] = {
 DEFAULT_POLICY = "available"
 
 HISTORY_MESSAGES = 3
-T = TypeVar("T")
 HISTORY_BODY_CHARS = 200  # one long message must not bury the call details
-
-
-async def _lookup(what: str, coro: Awaitable[T]) -> T:
-    """Await a directory/archive read; a database failure becomes the script's FAILURE."""
-    try:
-        return await coro
-    except StorageError as exc:
-        raise ScriptError(f"could not read the {what}: {exc}") from None
 
 
 async def resolve_target(services: Services, target: str) -> tuple[Jid, DirectoryEntry | None]:
     """An extension (through the directory) or a JID (with its directory entry, if any).
 
     Raises ``ScriptError`` for an extension that is not in the directory, ``InvalidJid`` for a
-    JID that does not parse."""
+    JID that does not parse; a database failure (``StorageError``) is the script's, not the
+    target's (scripts/base.py answers it)."""
     if "@" in target:
         jid = parse_jid(target)
-        entry = await _lookup("directory", services.storage.directory_find_jid(jid.bare))
+        entry = await services.storage.directory_find_jid(jid.bare)
         return jid, entry
-    entry = await _lookup("directory", services.storage.directory_get(target))
+    entry = await services.storage.directory_get(target)
     if entry is None:
         raise ScriptError(f"unknown extension {target!r} (not in the directory)")
     return parse_jid(entry.jid), entry
@@ -117,7 +109,7 @@ async def presence_route(channel: Channel, services: Services, out: Variables) -
                 "presence_route_target_skipped", target=target, reason="JID not in the directory"
             )
             continue
-        code = services.presence.status(account.name, jid).code
+        code = services.xmpp.status(account, jid).code
         if passes(code) and entry.device not in devices:
             devices.append(entry.device)
 
@@ -200,10 +192,7 @@ async def call_notify(channel: Channel, services: Services, out: Variables) -> N
     if caller and history_option in ("yes", "1", "true", "on"):
         text = await _with_history(channel, services, account.name, caller, text)
 
-    try:
-        status, reason = await send_with_confirm(channel, services, account.name, jid, text)
-    except StorageError as exc:
-        raise ScriptError(f"could not store the message: {exc}") from None
+    status, reason = await send_with_confirm(channel, services, account.name, jid, text)
     out["CALL_NOTIFY_STATUS"] = status
     out["CALL_NOTIFY_ERROR"] = reason
 
@@ -213,23 +202,17 @@ async def _with_history(
 ) -> str:
     """``text`` plus the caller's recent chat, if the caller is a directory extension."""
     try:
-        entry = await _lookup("directory", services.storage.directory_get(caller))
-    except ScriptError as exc:
-        channel.log.warning("call_notify_history_unavailable", error=str(exc))
-        return text  # the screen pop matters more than its history
-    if entry is None:
-        return text
-    try:
-        messages = await _lookup(
-            "archive", services.storage.archive_recent(account, entry.jid, HISTORY_MESSAGES)
-        )
-    except ScriptError as exc:
-        channel.log.warning("call_notify_history_unavailable", error=str(exc))
+        entry = await services.storage.directory_get(caller)
+        if entry is None:
+            return text
+        messages = await services.storage.archive_recent(account, entry.jid, HISTORY_MESSAGES)
+    except StorageError as exc:  # the screen pop matters more than its history
+        channel.log.warning("call_notify_history_unavailable", error=f"database unavailable: {exc}")
         return text
     if not messages:
         return text
     peer = parse_jid(entry.jid).local or entry.jid
-    own = services.pool.session(account).default_nick
+    own = services.xmpp.nick(account)
     full = f"{text}\n\n{format_history(messages, peer, own, entry.jid)}"
     try:
         check_message_size(full, services.config.general.max_message_bytes)
@@ -237,5 +220,3 @@ async def _with_history(
         return text  # the notice matters more than its history
     return full
 
-
-__all__ = ["POLICIES", "default_notice", "format_history", "resolve_target"]

@@ -334,6 +334,29 @@ async def test_notify_bad_target_is_failure(team, args, reason):
     assert team.svc.pool.counters.sent == 0
 
 
+@pytest.mark.parametrize(
+    ("script", "args", "prefix"),
+    [
+        ("presence_route", ("asterisk", "201&202"), "PRESENCE_ROUTE"),
+        ("call_notify", ("asterisk", "201"), "CALL_NOTIFY"),
+        ("call_notify", ("asterisk", "someone@localhost"), "CALL_NOTIFY"),
+    ],
+)
+async def test_a_directory_outage_is_the_one_database_failure(team, monkeypatch, script, args, prefix):
+    """A directory the database cannot read is FAILURE 'database unavailable: ...', as for every
+    script (scripts/base.py), never a skipped target or another wording."""
+    from agi_xmpp.errors import StorageError
+
+    async def database_down(*_args, **_kwargs):
+        raise StorageError("directory_get: database is unreachable")
+
+    monkeypatch.setattr(team.svc.services.storage, "directory_get", database_down)
+    monkeypatch.setattr(team.svc.services.storage, "directory_find_jid", database_down)
+    result = await team.svc.call(script, *args, env=CALL_ENV)
+    assert result.variables[f"{prefix}_STATUS"] == "FAILURE"
+    assert result.variables[f"{prefix}_ERROR"] == "database unavailable: directory_get: database is unreachable"
+
+
 async def test_notify_while_offline_is_queued_and_delivered_later(private_prosody, xmpp_client, tmp_path):
     """With the account offline the screen pop is QUEUED, and delivered once it reconnects."""
     jid = private_prosody.register("asterisk", "service-pw")

@@ -160,3 +160,34 @@ async def test_dns_srv_finds_the_server_when_serverhost_is_absent(prosody, xmpp_
     async with running_harness(config) as svc:
         assert svc.pool.session("asterisk").encrypted
     assert "SRV _xmpp-client._tcp.localhost" in asked
+
+
+async def test_stopping_the_service_leaves_no_task_pending(prosody, xmpp_accounts, tmp_path):
+    """After sends (acks, barriers), a bounce, an archived incoming message and a room join,
+    stopping the services leaves no task pending: every background task had an owner."""
+    import asyncio
+    import secrets
+    from dataclasses import replace
+
+    from agi_xmpp.config import AccountConfig
+
+    jid, password = xmpp_accounts("asterisk")
+    bob_jid, bob_password = xmpp_accounts("bob")
+    config = service_config(prosody, jid, password, tmp_path)
+    bob = AccountConfig(name="bob", username=bob_jid, secret=bob_password, serverhost=prosody.host,
+                        port=prosody.c2s_port, cafile=str(prosody.cert_path))
+    config = replace(config, accounts={**config.accounts, "bob": bob})
+    before = asyncio.all_tasks()
+    async with running_harness(config) as svc:
+        for n in range(5):
+            result = await svc.call("jabber_send", "asterisk", bob_jid, f"hello {n}")
+            assert result.variables["JABBER_SEND_STATUS"] == "SUCCESS"
+        nobody = f"nobody-{secrets.token_hex(4)}@{prosody.domain}"
+        await svc.call("jabber_send", "asterisk", nobody, "anyone?")
+        joined = await svc.call("jabber_join", "asterisk", f"lobby-{secrets.token_hex(4)}@{prosody.muc_domain}")
+        assert joined.variables["JABBER_JOIN_STATUS"] == "SUCCESS"
+        await eventually(lambda: svc.pool.counters.received >= 5, what="bob's session to receive")
+        await eventually(lambda: svc.pool.counters.acked >= 5, what="the server's confirmations")
+        await eventually(lambda: svc.pool.counters.failed >= 1, what="the bounce")
+    left = [task for task in asyncio.all_tasks() - before if not task.done()]
+    assert left == []
