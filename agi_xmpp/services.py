@@ -59,7 +59,7 @@ async def running_services(config: Config) -> AsyncIterator[Services]:
             started.push_async_callback(ami.stop)
         background = TaskSet(log)  # archive retention: cancelled and awaited at stop
         started.push_async_callback(background.aclose)
-        background.spawn(_archive_retention(async_storage, config.general.archive_retention), "archive-retention")
+        background.spawn(_retention(async_storage, config.general.archive_retention), "retention")
         for warning in config.warnings:
             log.warning("config_warning", detail=warning)
         log.info("services_started", accounts=sorted(config.accounts))
@@ -114,22 +114,27 @@ def _is_trusted(pool: XmppPool, presence: PresenceCache, account: str, message: 
     return presence.in_roster(account, message.sender.bare)
 
 
-ARCHIVE_PURGE_INTERVAL = 3600.0  # seconds between archive retention passes
+RETENTION_INTERVAL = 3600.0  # seconds between retention passes
 
 
-async def _archive_retention(storage: AsyncStorage, days: int) -> None:
-    """Delete archived messages older than ``archive_retention`` days, hourly; never stops on a
-    database error (it is tried again at the next pass)."""
+async def _retention(storage: AsyncStorage, days: int) -> None:
+    """Hourly, delete archived messages and finished outbox rows (``acked``, ``expired``,
+    ``failed``; never a ``pending`` one) older than ``archive_retention`` days: without it the
+    outbox grows by a row per message for ever. ``GET /api/messages/ID`` answers for that long.
+    A failing purge stops neither the other one nor the next pass."""
     if days <= 0:
         return
+    purges = (("archive", storage.archive_purge), ("outbox", storage.outbox_purge))
     while True:
-        try:
-            removed = await storage.archive_purge(datetime.now(UTC) - timedelta(days=days))
-            if removed:
-                log.info("archive_purged", removed=removed, retention_days=days)
-        except Exception as exc:  # supervised: one failure never ends retention
-            log.error("archive_purge_failed", error=str(exc))
-        await asyncio.sleep(ARCHIVE_PURGE_INTERVAL)
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        for table, purge in purges:
+            try:
+                removed = await purge(cutoff)
+                if removed:
+                    log.info("retention_purged", table=table, removed=removed, retention_days=days)
+            except Exception as exc:  # one failure never ends retention
+                log.error("retention_purge_failed", table=table, error=str(exc))
+        await asyncio.sleep(RETENTION_INTERVAL)
 
 
 def _addr(bind: tuple[str, int]) -> str:

@@ -51,31 +51,36 @@ def test_sender_table_is_bounded():
 
 
 async def test_retention_task_purges_and_survives_a_database_error(monkeypatch):
-    """The hourly retention pass deletes what is older than archive_retention days, and a
-    failing pass does not stop the next one; 0 days never purges."""
+    """The hourly retention pass deletes archived messages and finished outbox rows older than
+    archive_retention days; a failing purge stops neither the other one nor the next pass;
+    0 days never purges."""
     import asyncio
     from datetime import UTC, datetime, timedelta
 
     from agi_xmpp import services
     from agi_xmpp.errors import StorageError
 
-    cutoffs = []
+    cutoffs: dict[str, list] = {"archive": [], "outbox": []}
 
     class Storage:
         async def archive_purge(self, before):
-            cutoffs.append(before)
-            if len(cutoffs) == 1:
+            cutoffs["archive"].append(before)
+            if len(cutoffs["archive"]) == 1:
                 raise StorageError("database is down")
             return 3
 
-    monkeypatch.setattr(services, "ARCHIVE_PURGE_INTERVAL", 0.01)
-    task = asyncio.create_task(services._archive_retention(Storage(), 30))
+        async def outbox_purge(self, before):
+            cutoffs["outbox"].append(before)
+            return 2
+
+    monkeypatch.setattr(services, "RETENTION_INTERVAL", 0.01)
+    task = asyncio.create_task(services._retention(Storage(), 30))
     async with asyncio.timeout(30):
-        while len(cutoffs) < 3:
+        while len(cutoffs["archive"]) < 3 or len(cutoffs["outbox"]) < 3:
             await asyncio.sleep(0.01)
     task.cancel()
     expected = datetime.now(UTC) - timedelta(days=30)
-    assert all(abs((c - expected).total_seconds()) < 60 for c in cutoffs)
-    passes = len(cutoffs)
-    await asyncio.wait_for(services._archive_retention(Storage(), 0), 30)  # returns at once
-    assert len(cutoffs) == passes
+    assert all(abs((c - expected).total_seconds()) < 60 for c in cutoffs["archive"] + cutoffs["outbox"])
+    passes = len(cutoffs["archive"]), len(cutoffs["outbox"])
+    await asyncio.wait_for(services._retention(Storage(), 0), 30)  # returns at once
+    assert (len(cutoffs["archive"]), len(cutoffs["outbox"])) == passes
