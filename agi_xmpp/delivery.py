@@ -198,9 +198,6 @@ class DeliveryTracker:
         message = self._messages.get(stanza_id)
         return message is not None and message.stage in (Stage.HANDED, Stage.WRITTEN)
 
-    def unconfirmed(self) -> int:
-        return sum(1 for m in self._messages.values() if m.stage in (Stage.HANDED, Stage.WRITTEN))
-
     def in_send_queue(self) -> int:
         """Handed but neither written nor dropped yet."""
         return sum(1 for m in self._messages.values() if m.stage is Stage.HANDED)
