@@ -316,6 +316,57 @@ def write_json(path: Path, args: argparse.Namespace, tallies: dict[tuple[str, st
     }, indent=2) + "\n")
 
 
+# -- the summary in ``python -m bench`` ---------------------------------------------------------
+
+SHORT_RUNS, SHORT_KILLS = 3, 1  # the short soak run by ``make bench`` (about 2 minutes)
+
+
+def _bench_row(label: str, row: dict, *, verdict: bool):
+    from bench.results import Row, verdict as pass_miss
+
+    ours = row["lost"] - row["lost_after_ack"]  # lost before the server acknowledged: ours
+    dup = 100.0 * row["duplicates"] / row["answered"] if row["answered"] else 0.0
+    delay = f", max delay {row['max_delay']:.1f} s" if row["case"] == "reset" and row["runs"] else ""
+    measured = (f"{row['case']} x{row['runs']}: {row['answered']} answered, lost {row['lost']} "
+                f"(after the server's ack {row['lost_after_ack']}), failed {row['failed']}, "
+                f"dup {row['duplicates']} ({dup:.2f} %){delay}")
+    return Row(label, row["server"], measured=measured, target="lost before ack 0",
+               verdict=pass_miss(ours == 0 and row["runs"] > 0) if verdict else "",
+               extra={"soak": row})
+
+
+async def bench_rows(log, json_path: Path = DEFAULT_JSON) -> list:
+    """Rows for ``python -m bench``: a short soak run now (``SHORT_RUNS`` bursts and
+    ``SHORT_KILLS`` kill per stock server, in a child process), then the table of the last full
+    ``make soak`` (``json_path``), each labelled with its run counts."""
+    rows = []
+    servers = ["prosody-stock"] + ([] if ejabberd_available() else ["ejabberd-stock"])
+    with tempfile.TemporaryDirectory(prefix="agi-xmpp-bench-soak-") as tmp:
+        short = Path(tmp) / "soak.json"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.soak", "--runs", str(SHORT_RUNS), "--kills", str(SHORT_KILLS),
+            "--servers", ",".join(servers), "--json", str(short), cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        output, _ = await proc.communicate()
+        if proc.returncode or not short.exists():
+            raise RuntimeError(f"short soak failed ({proc.returncode}): {output.decode()[-500:]}")
+        result = json.loads(short.read_text())
+    for line in result["table"]:
+        log(f"soak: {line}")
+    for row in result["rows"]:
+        rows.append(_bench_row("soak (short, now)", row, verdict=True))
+    if json_path.exists():
+        last = json.loads(json_path.read_text())
+        label = f"soak (last make soak, {last['finished_at'][:16]})"
+        if last.get("stopped_early"):
+            label += f" stopped early: {last['stopped_early']}"
+        for row in last["rows"]:
+            rows.append(_bench_row(label, row, verdict=False))
+    else:
+        log(f"soak: no full soak results at {json_path} (run make soak)")
+    return rows
+
+
 def parse_until(text: str | None) -> float | None:
     if not text:
         return None
