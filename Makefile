@@ -48,7 +48,8 @@ bench: system-deps $(STAMP) lab
 	@tools/install-system-deps.sh --bench
 	$(BIN)/python -m bench
 
-# Issue 9's soak on Debian's stock Prosody and ejabberd: SOAK_ARGS="--runs 5 --kills 1" for a short one.
+# Issue 9's soak on Debian's stock Prosody and ejabberd (docs/reliability.md); the table also goes to
+# bench/results/soak.json for make bench. SOAK_ARGS="--runs 5 --kills 1" (or "--until 20:30") for a short one.
 SOAK_ARGS ?=
 soak: system-deps $(STAMP)
 	$(BIN)/python -m bench.soak $(SOAK_ARGS)

@@ -50,6 +50,7 @@ class SessionMessages:
     _barrier_count: int
     _barrier_task: asyncio.Task[None] | None
     _server_resume_max: float | None
+    _session_acks: int
     _tasks: TaskSet
     delivery: DeliveryTracker
     log: Any
@@ -87,6 +88,7 @@ class SessionMessages:
         self._report_acked(self.delivery.sm_acked(h))
 
     def _report_acked(self, stanza_ids: list[str]) -> None:
+        self._session_acks += len(stanza_ids)  # the session worked (xmpp_session: back-off)
         for stanza_id in stanza_ids:
             self._listener.stanza_acked(self.name, stanza_id)
 

@@ -30,7 +30,14 @@ Theory of operation
   (``negotiation_timeout``) and is aborted when it expires.
 - The back-off resets only after a session that stayed up ``stable_after`` seconds (10 s): two
   instances replacing each other's session (``<conflict/>``, within a second or two) would
-  otherwise reconnect at once, forever; a real session that a link reset ends is longer.
+  otherwise reconnect at once, forever. A shorter session resets the normal back-off too when it
+  *worked* (the server acknowledged our stanzas on it) and the link was lost (class ``tcp`` or
+  ``timeout``), not ended by the server: resets a few seconds apart otherwise grew the wait to
+  the 60 s cap although every session delivered (docs/reliability.md, the soak's delays).
+- A resumed stream that the server ends (class ``stream``) before ``stable_after`` is not
+  resumed again: the session ends and a fresh one is tried at once, without waiting the
+  back-off. Debian's stock Prosody sometimes ends a just-resumed stream with
+  ``<not-well-formed/>``; waiting the back-off there delayed every unconfirmed message.
 - Failures are named (``failure``): ``dns``, ``tcp``, ``tls`` (with the verification reason),
   ``auth``, ``conflict``, ``policy-violation``, ``timeout``, ``stream``. Two are not transient
   and wait far longer before the next try (``SLOW_RETRY``: 5 min doubling to 1 h): ``auth``
@@ -186,6 +193,8 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
         self._resume_watch: asyncio.Future[None] | None = None
         self._bytes_in = 0
         self._keepalive_task: asyncio.Task[None] | None = None
+        self._session_acks = 0  # stanzas the server acknowledged since the session came online
+        self._online_resumed = False  # the current (or last) session came online by a resumption
         self._jid = parse_jid(account.username)
         self.log = log.bind(account=self.name)
         # Every task this session starts (handlers, keepalive, barrier, re-joins, pings) is
@@ -224,16 +233,25 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
         try:
             loop = asyncio.get_running_loop()
             while not self._stopping:
+                retry_now = False
                 if await self._connect_once():
                     started = loop.time()
                     await self._link_down.wait()
                     self.reconnects += 1
-                    if loop.time() - started >= self._stable_after:
+                    lasted = loop.time() - started
+                    if lasted >= self._stable_after:
                         self._backoff.reset()
                         for slow in self._slow_backoff.values():
                             slow.reset()
+                    elif self._session_acks and self.failure in ("tcp", "timeout"):
+                        self._backoff.reset()  # it worked: the link was lost, not refused
+                    retry_now = (self._online_resumed and self.failure == "stream"
+                                 and lasted < self._stable_after)
                 if self._stopping:
                     break
+                if retry_now:
+                    self._end_resumed_stream()
+                    continue
                 slow = self._slow_backoff.get(self.failure)
                 delay = slow.next_delay() if slow is not None else self._backoff.next_delay()
                 self.next_retry_delay = delay
@@ -248,6 +266,17 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
         finally:
             self._cancel_helpers()
             self.state = "stopped"
+
+    def _end_resumed_stream(self) -> None:
+        """The server ended the stream it had just resumed: start a fresh session now."""
+        self.log.info("xmpp_resumed_stream_ended", reason=self.last_error)
+        self.next_retry_delay = 0.0
+        if self._give_up_timer is not None:
+            self._give_up_timer.cancel()
+            self._give_up_timer = None
+        if self._client is not None:
+            # no further resumption: a fresh session resends the outbox
+            self._client.event("session_end")
 
     async def stop(self) -> None:
         """Close the stream politely (2 s at most) and end ``run()``."""
@@ -271,6 +300,8 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
         self._link_down.clear()
         self.state = "connecting"
         self.failure = ""
+        self._session_acks = 0
+        self._online_resumed = False
         host = self.account.serverhost
         port = self.account.port if host else None
         self.log.info("xmpp_connecting", host=host or "(DNS SRV)", port=port)
@@ -476,6 +507,7 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
             self._probe_contacts()
         self._presence_dropped = False
         self.state = "online"
+        self._online_resumed = resumed
         self.last_error = ""
         self.failure = ""
         self.next_retry_delay = None

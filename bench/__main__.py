@@ -3,7 +3,9 @@
 Starts a private Prosody, agi-xmpp (``agi-xmpp --config FILE serve``, uvloop) in its own process,
 the baseline servers, and (for the ``asterisk`` scenario) the Asterisk 22 lab; runs the
 scenarios; prints one table and writes it to ``bench/results/latest.json``. Every ratio is
-against a baseline measured in the same run. See docs/performance.md.
+against a baseline measured in the same run. See docs/performance.md. The ``soak`` scenario
+summarises issue 9's soak (docs/reliability.md): a short one run now on stock Prosody and
+ejabberd, and the table of the last full ``make soak``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from bench.results import Row, table, write_json
 from bench.world import World
 
 SCENARIOS = ("agi_cost", "instructions", "round_trips", "presence_ingest", "xmpp_send", "waiting",
-             "asterisk", "ami")
+             "asterisk", "ami", "soak")
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 _T0 = time.monotonic()
 
@@ -126,6 +128,12 @@ async def run(args: argparse.Namespace) -> int:
                     from bench.ami_scenario import ami
 
                     rows += await ami(world, opts, log)
+                elif name == "soak":
+                    # issue 9's soak on stock Prosody/ejabberd: a short run now, and the last
+                    # full `make soak` (bench/results/soak.json), each labelled with its counts
+                    from bench.soak import bench_rows
+
+                    rows += await bench_rows(log)
                 else:
                     rows += await getattr(scenarios, name)(world, opts, log)
                     if name == "agi_cost":
