@@ -25,8 +25,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import itertools
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -36,6 +40,26 @@ from tools.local_prosody import LocalProsody, LocalProsodyError
 from xmpp_client import XmppTestClient
 
 # -- fixtures ---------------------------------------------------------------------------------
+
+
+def _dump_asyncio_tasks(_signum: int, _frame: object) -> None:
+    """SIGUSR1: write every event loop's tasks and where each is suspended to stderr.
+
+    A hung async test shows only an idle selector in a thread dump (py-spy, pytest-timeout);
+    this shows which await it is stuck on: ``kill -USR1 <pytest pid>``."""
+    out = io.StringIO()
+    for loop in [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]:
+        if loop.is_closed():
+            continue
+        out.write(f"== {loop!r}\n")
+        for task in asyncio.all_tasks(loop):
+            out.write(f"-- {task!r}\n")
+            task.print_stack(file=out)
+    sys.__stderr__.write(out.getvalue())
+    sys.__stderr__.flush()
+
+
+signal.signal(signal.SIGUSR1, _dump_asyncio_tasks)
 
 
 def _start_or_fail(make: Callable[[], LocalProsody]) -> LocalProsody:
