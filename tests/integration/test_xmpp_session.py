@@ -162,6 +162,49 @@ async def test_dns_srv_finds_the_server_when_serverhost_is_absent(prosody, xmpp_
     assert "SRV _xmpp-client._tcp.localhost" in asked
 
 
+async def test_reconnects_make_no_dns_channels(prosody, xmpp_accounts, xmpp_client, tmp_path, monkeypatch):
+    """No pycares channel is made per connection: none with a serverhost however often the
+    session reconnects, one for the client's life without one (SRV), and aiohttp (XEP-0363
+    uploads) resolves with threads. pycares destroys channels on a thread of its own, and that
+    destruction froze a whole test run (every thread waiting for the GIL; docs/dependencies.md)."""
+    import asyncio
+
+    import aiodns
+    import aiohttp
+    from structlog.testing import capture_logs
+
+    made: list[object] = []
+    real_init = aiodns.DNSResolver.__init__
+
+    def counting_init(self, *args, **kwargs):
+        made.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(aiodns.DNSResolver, "__init__", counting_init)
+    jid, password = xmpp_accounts("asterisk")
+    config = service_config(prosody, jid, password, tmp_path)
+    async with running_harness(config) as svc:
+        session = svc.pool.session("asterisk")
+        for n in range(3):  # drop the link three times: three reconnects
+            session._client.abort()  # noqa: SLF001 - the transport, as a link reset would
+            await eventually(lambda: not session.online, what="the drop to be noticed")
+            await svc.wait_online(60)
+        assert session.reconnects >= 3
+    assert made == []
+
+    async def srv_answer(self, name, kind):  # the one lookup the SRV path makes, answered here
+        raise aiodns.error.DNSError(4, "not found")
+
+    monkeypatch.setattr(aiodns.DNSResolver, "query_dns", srv_answer, raising=False)
+    no_host = with_account_options(config, serverhost=None)
+    with capture_logs() as logs:
+        async with running_harness(no_host, wait_online=False):
+            await eventually(lambda: sum(e["event"] == "xmpp_connecting" for e in logs) >= 3,
+                             timeout=120, what="three connection attempts")
+    assert len(made) == 1
+    assert isinstance(aiohttp.TCPConnector(loop=asyncio.get_running_loop())._resolver, aiohttp.ThreadedResolver)
+
+
 async def test_stopping_the_service_leaves_no_task_pending(prosody, xmpp_accounts, tmp_path):
     """After sends (acks, barriers), a bounce, an archived incoming message and a room join,
     stopping the services leaves no task pending: every background task had an owner."""
