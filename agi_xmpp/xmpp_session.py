@@ -62,12 +62,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import aiohttp
 import slixmpp
-import slixmpp.xmlstream.xmlstream as slixmpp_stream
 import structlog
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.xmlstream.resolver import resolve
 from slixmpp.plugins.xep_0198 import stanza as sm_stanza
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -78,6 +75,7 @@ from .errors import NotOnline
 from .inbox import InboundMessage
 from .jid import Jid, parse_jid
 from .supervisor import TaskSet
+from .xmpp_dns import DnsSafeClient
 from .xmpp_failures import SessionFailures, tls_reason
 from .xmpp_liveness import SessionLiveness
 from .xmpp_messages import RECEIPTS_NS, SessionMessages
@@ -141,42 +139,6 @@ def ssl_context_for(account: AccountConfig) -> ssl.SSLContext:
 
 # Failure classes whose next attempt waits SLOW_RETRY rather than the normal back-off.
 SLOW_RETRY = {"auth": (300.0, 3600.0), "conflict": (300.0, 3600.0)}
-
-
-# pycares (under aiodns, which slixmpp and aiohttp use when it is installed) destroys each DNS
-# channel on a thread of its own, and that destruction can freeze the whole process: a test run
-# here stopped for good with every Python thread waiting for the GIL and pycares' shutdown thread
-# inside c-ares (the deadlock saghul/pycares#325 describes). slixmpp makes a channel for every
-# connection attempt and aiohttp one per client session (XEP-0363 uploads), so a service that
-# reconnects or uploads often would meet it. We make none that is ever destroyed while we run:
-# aiohttp resolves with the loop's thread pool, and a client keeps one resolver for its life.
-aiohttp.connector.DefaultResolver = aiohttp.ThreadedResolver  # type: ignore[attr-defined,misc]
-
-
-class _Client(slixmpp.ClientXMPP):
-    """slixmpp's client with one DNS resolver for its whole life (see above).
-
-    With a ``serverhost`` slixmpp connects to that address and needs no resolver at all (the
-    event loop resolves the name). Without one, the SRV lookup uses a resolver made at the first
-    lookup and closed, once, with the session (``close_resolver``)."""
-
-    _lifetime_resolver = None
-
-    async def get_dns_records(self, domain: str, port: int | None = None) -> list[tuple[str, str, str, int]]:
-        # As XMLStream.get_dns_records, but not a new resolver on every call.
-        if self._lifetime_resolver is None:
-            self._lifetime_resolver = slixmpp_stream.default_resolver(loop=self.loop)
-        services = [*(self.tls_services if self.enable_direct_tls else ()),
-                    *(self.starttls_services if self.enable_starttls else ())]
-        return await resolve(domain, self.default_port if port is None else port, services=services,
-                             resolver=self._lifetime_resolver, use_ipv6=self.use_ipv6,
-                             use_aiodns=self.use_aiodns, loop=self.loop)
-
-    async def close_resolver(self) -> None:
-        resolver, self._lifetime_resolver = self._lifetime_resolver, None
-        close = getattr(resolver, "close", None)
-        if close is not None:
-            await close()
 
 
 class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRooms, SessionRoster):
@@ -382,7 +344,7 @@ class XmppSession(SessionFailures, SessionLiveness, SessionMessages, SessionRoom
     def _build_client(self) -> slixmpp.ClientXMPP:
         account = self.account
         full = f"{self._jid.bare}/{account.resource}"
-        client = _Client(full, account.secret)
+        client = DnsSafeClient(full, account.secret)
         client.ssl_context = ssl_context_for(account)
         if account.forceoldssl:
             client.enable_starttls = False
