@@ -28,9 +28,11 @@ import asyncio
 import gc
 import io
 import itertools
+import os
 import secrets
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -43,7 +45,7 @@ from xmpp_client import XmppTestClient
 
 
 def _dump_asyncio_tasks(_signum: int, _frame: object) -> None:
-    """SIGUSR1: write every event loop's tasks and where each is suspended to stderr.
+    """SIGUSR1: write every event loop's tasks and where each is suspended to a file.
 
     A hung async test shows only an idle selector in a thread dump (py-spy, pytest-timeout);
     this shows which await it is stuck on: ``kill -USR1 <pytest pid>``."""
@@ -55,8 +57,11 @@ def _dump_asyncio_tasks(_signum: int, _frame: object) -> None:
         for task in asyncio.all_tasks(loop):
             out.write(f"-- {task!r}\n")
             task.print_stack(file=out)
-    sys.__stderr__.write(out.getvalue())
-    sys.__stderr__.flush()
+    # A file, not stderr: pytest captures stderr per test, and a hung test never shows it.
+    path = os.path.join(tempfile.gettempdir(), f"agi-xmpp-tasks-{os.getpid()}.txt")
+    with open(path, "w") as dump:
+        dump.write(out.getvalue())
+    sys.__stderr__.write(f"asyncio tasks written to {path}\n")
 
 
 signal.signal(signal.SIGUSR1, _dump_asyncio_tasks)
