@@ -405,7 +405,9 @@ class AgiServer:
         self.debug = is_enabled_for is None or is_enabled_for(logging.DEBUG)
         host, port = self.bind
         sock = listen_socket(host, port, LISTEN_BACKLOG)  # [::] is dual-stack (conn_limits)
-        self._server = await self.loop.create_server(lambda: AgiSession(self), sock=sock)
+        # create_server() calls listen() again on a given socket: with its default of 100 unless told
+        self._server = await self.loop.create_server(lambda: AgiSession(self), sock=sock,
+                                                     backlog=LISTEN_BACKLOG)
         self.log.info("agi_server_listening", host=self.address[0], port=self.address[1])
 
     async def close(self) -> None:

@@ -52,6 +52,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Idle keep-alive connections are closed after this many seconds (aiohttp's default is an hour);
 # the board polls every 2 s, so it keeps its connection.
 KEEPALIVE_TIMEOUT = 5.0
+HTTP_LISTEN_BACKLOG = 128  # the board and the API: a few clients, never a burst of calls
 # What a loopback caller may read without the token: nothing that holds chat text or JIDs.
 PUBLIC_PATHS = frozenset({"/", "/api/board", "/health", "/metrics"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -489,7 +490,9 @@ async def start_http(
     server = runner.server
     assert server is not None
     host, port = general.http_bind
-    sock = listen_socket(host, port, 128)
+    sock = listen_socket(host, port, HTTP_LISTEN_BACKLOG)
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(budgeted(server, lambda: server.connections, budget), sock=sock)
+    # create_server() calls listen() again on a given socket, with 100 unless told
+    listener = await loop.create_server(budgeted(server, lambda: server.connections, budget), sock=sock,
+                                        backlog=HTTP_LISTEN_BACKLOG)
     return HttpService(runner, listener, budget)

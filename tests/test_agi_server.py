@@ -591,3 +591,22 @@ def test_runs_on_uvloop() -> None:
             await server.close()
 
     uvloop.run(scenario())
+
+
+def listen_backlog(port: int) -> int:
+    """The accept queue's length of the socket listening on ``port`` (ss prints it as Send-Q)."""
+    import subprocess
+
+    line = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    return int(line[2])
+
+
+async def test_the_listen_backlog_is_not_cut_back_to_asyncios_default(serve) -> None:
+    """The FastAGI socket keeps its 1,024-connection accept queue once serving: create_server()
+    given a socket calls listen() again, with 100 unless told (a burst of more AGI() calls then
+    waits a 1 s SYN retransmit)."""
+    from agi_xmpp.agi_server import LISTEN_BACKLOG
+
+    server = await serve(echo_registry())
+    assert listen_backlog(server.address[1]) == LISTEN_BACKLOG == 1024
