@@ -184,8 +184,9 @@ class AmiLink:
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if self._stopping:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_requested.wait(), delay)
+        with contextlib.suppress(TimeoutError):  # asyncio.timeout(): see storage/async_storage.py
+            async with asyncio.timeout(delay):
+                await self._stop_requested.wait()
 
     async def _connect_once(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,7 +229,8 @@ class AmiLink:
         """Until the link drops: a Ping every ``keepalive`` seconds proves it is alive."""
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._down.wait(), self._keepalive)
+                async with asyncio.timeout(self._keepalive):
+                    await self._down.wait()
             except TimeoutError:
                 try:
                     await self.action("Ping")
@@ -285,7 +287,8 @@ class AmiLink:
         assert self._protocol is not None
         future = self._protocol.send(action, as_list=True)
         try:
-            messages = await asyncio.wait_for(future, self.action_timeout)
+            async with asyncio.timeout(self.action_timeout):
+                messages = await future
         except TimeoutError:
             raise AmiError(f"no complete answer to {name} within {self.action_timeout:g} s") from None
         rows = [plain_headers(m) for m in messages]
@@ -306,7 +309,8 @@ class AmiLink:
                 raise AmiError(f"{headers.get('Action')}: CR/LF in a header value")  # header injection
         future = protocol.send(action, as_list=False)
         try:
-            message = await asyncio.wait_for(future, self.action_timeout)
+            async with asyncio.timeout(self.action_timeout):
+                message = await future
         except TimeoutError:
             raise AmiError(f"no answer to {headers.get('Action')} within {self.action_timeout:g} s") from None
         return plain_headers(message)

@@ -258,8 +258,9 @@ class XmppPool:
         deadline = loop.time() + timeout
         goal = waiting.delivered if receipt else waiting.acked
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(goal.wait(), timeout)
+            with contextlib.suppress(TimeoutError):  # not wait_for(): storage/async_storage.py
+                async with asyncio.timeout(timeout):
+                    await goal.wait()
             if not waiting.failed and not goal.is_set() and receipt and waiting.acked.is_set():
                 pass  # acked, no receipt in time: SUCCESS below
             # a bounce usually follows the server's ack at once: give it a moment to arrive
@@ -331,7 +332,8 @@ class XmppPool:
         while session.online and not session.delivery.can_write():
             event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await event.wait()
         if not session.online:
             raise NotOnline(session.name)
 

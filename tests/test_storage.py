@@ -1088,3 +1088,18 @@ async def test_async_database_errors_are_storage_errors() -> None:
             return_exceptions=True,
         )
         assert all(isinstance(r, StorageError) for r in results)
+
+
+async def test_a_cancelled_storage_call_stays_cancelled(tmp_path):
+    """A task cancelled while its database call completes gets CancelledError, not the result
+    (Python 3.11's wait_for() returns the result and drops the cancellation: the retention task
+    then slept an hour and the service's stop waited for it)."""
+    async with AsyncStorage(Storage(f"sqlite:///{tmp_path / 'c.sqlite3'}")) as store:
+        work = asyncio.get_running_loop().create_future()
+        call = asyncio.create_task(store._within_deadline(work, "probe"))
+        await asyncio.sleep(0)  # the call is waiting for the work
+        call.cancel()
+        if not work.done():  # (awaited directly, the work itself was cancelled)
+            work.set_result(1)  # the work completes in the same loop pass
+        with pytest.raises(asyncio.CancelledError):
+            await call

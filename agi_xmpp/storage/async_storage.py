@@ -202,8 +202,12 @@ class AsyncStorage:
         limit = self.deadline if deadline is True else deadline
         if limit is None or limit is False:
             return await work
+        # asyncio.timeout(), not wait_for(): on Python 3.11 wait_for() returns the result when the
+        # work completes in the pass its caller is cancelled, and the cancellation is lost (a
+        # background job then went on and the service's stop waited for it; CPython gh-86296).
         try:
-            return await asyncio.wait_for(work, limit)
+            async with asyncio.timeout(limit):
+                return await work
         except TimeoutError:
             raise StorageError(f"{op}: the database did not answer within {limit:g} s") from None
 
