@@ -95,9 +95,9 @@ class SessionRooms:
     async def _await_join(self, room: Jid, state: _Room, previous: _Room | None, timeout: float) -> None:
         try:
             # shielded: another caller may share this join and must not see it cancelled.
-            # wait_for, not asyncio.timeout(): a script reaches this inline, with no current
-            # task (agi_server's "How a script runs").
-            await asyncio.wait_for(asyncio.shield(state.waiter), timeout)  # type: ignore[arg-type]
+            # asyncio.timeout(), not wait_for(): see storage/async_storage.py.
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(state.waiter)  # type: ignore[arg-type]
         except (TimeoutError, RoomJoinFailed) as exc:
             if self._rooms.get(room.bare) is state and not state.joined:
                 # a refused nick change leaves us in the room under the old nick
