@@ -284,12 +284,9 @@ async def test_hangup_before_the_first_reply_ends_a_receive_at_once(svc):
     """HANGUP right after the env block ends a 300 s jabber_receive at once with HANGUP, every
     variable set; a message arriving later stays buffered."""
     peer = await Peer.open(svc.port, env_block("jabber_receive", (ACCOUNT, BOB, "300")) + b"HANGUP\n")
-    started = time.monotonic()
-    await peer.answer_all()
+    await peer.answer_all()  # each read is bounded by SAFETY: a wait for the 300 s would fail here
     peer.close()
-    # ended by the HANGUP (the status says so), far short of the 300 s wait; the bound is on a hang
-    assert time.monotonic() - started < 150
-    assert peer.variables["JABBER_RECEIVE_STATUS"] == "HANGUP"
+    assert peer.variables["JABBER_RECEIVE_STATUS"] == "HANGUP"  # ended by the HANGUP, not the timeout
     assert set(peer.variables) == {"JABBER_RECEIVE", "JABBER_RECEIVE_B64", "JABBER_RECEIVE_FROM",
                                    "JABBER_RECEIVE_STATUS", "JABBER_RECEIVE_ERROR"}
     svc.deliver("for the next caller")
