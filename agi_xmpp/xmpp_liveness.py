@@ -50,10 +50,7 @@ class SessionLiveness:
         assert client is not None
         while True:
             await asyncio.sleep(self._keepalive_interval)
-            iq = client.Iq()
-            iq["type"] = "get"
-            iq["to"] = client.boundjid.domain
-            iq.enable("ping")
+            iq = server_ping(client)
             answer = self._tasks.spawn(_answered(iq), "keepalive-ping")
             if answer is None:
                 return  # stopping
@@ -104,10 +101,7 @@ class SessionLiveness:
         if client is None:
             return
         # Ask for an answer, so that a healthy but quiet stream shows progress too.
-        iq = client.Iq()
-        iq["type"] = "get"
-        iq["to"] = client.boundjid.domain
-        iq.enable("ping")
+        iq = server_ping(client)
         probe = self._tasks.spawn(_answered(iq), "resumed-probe")
         if probe is None:
             return  # stopping
@@ -126,6 +120,17 @@ class SessionLiveness:
         self._fail("timeout", "resumed stream made no progress")
         client.event("session_end")  # no further resumption: a fresh session resends the outbox
         client.abort()
+
+
+def server_ping(client: slixmpp.ClientXMPP, stanza_id: str | None = None) -> Iq:
+    """An XEP-0199 ping to our own server (keepalive, resumed-stream probe, delivery barrier)."""
+    iq = client.Iq()
+    iq["type"] = "get"
+    iq["to"] = client.boundjid.domain
+    if stanza_id is not None:
+        iq["id"] = stanza_id
+    iq.enable("ping")
+    return iq
 
 
 async def _answered(iq: Iq) -> None:

@@ -29,6 +29,7 @@ from .errors import InvalidJid, NotOnline
 from .inbox import InboundMessage
 from .jid import parse_jid
 from .supervisor import TaskSet
+from .xmpp_liveness import server_ping
 
 if TYPE_CHECKING:
     from .xmpp_session import SessionListener
@@ -185,11 +186,7 @@ class SessionMessages:
             client = self._client
             self._barrier_count += 1
             token = f"agx-barrier-{self._barrier_count}"
-            iq = client.Iq()
-            iq["type"] = "get"
-            iq["to"] = client.boundjid.domain
-            iq["id"] = token
-            iq.enable("ping")
+            iq = server_ping(client, token)
             self._barrier_ids.add(token)
             try:
                 # Generous: a barrier decides nothing about liveness (the keepalive does), and on
